@@ -1,0 +1,134 @@
+"""The Qwen3-4B text encoder and its tokenizer, and prompt encoding as Z-Image was trained.
+
+Files: ComfyUI's single file ``qwen_3_4b.safetensors`` (keys ``model.layers.N…``, no config
+inside: Qwen3-4B's constants are carried here and the sizes are read from the shapes, so small
+test encoders load through the same path) or a diffusers folder (``text_encoder/``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
+
+from .dtypes import compute_dtype_for, parse_weight_dtype
+from .errors import ZImageInputError
+from .model_files import describe_foreign_keys, strip_prefix
+from .safetensors_io import open_safetensors, require_file, stored_dtype
+
+WHAT = "Z-Image text encoder file (Qwen3-4B)"
+PROMPT_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+MAX_TOKENS = 512
+PAD_TOKEN_ID = 151643
+FEATURE_LAYER = -2  # Z-Image reads the second-to-last hidden state
+
+# Qwen3-4B values that cannot be read from tensor shapes.
+_QWEN3_4B_CONSTANTS = dict(
+    rope_theta=1_000_000.0, rms_norm_eps=1e-6, max_position_embeddings=40960, hidden_act="silu",
+    tie_word_embeddings=True, attention_bias=False, pad_token_id=PAD_TOKEN_ID,
+)
+
+
+@dataclass
+class ZImageTextEncoder:
+    model: Qwen3Model
+    tokenizer: object
+    source: str
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+
+def load_tokenizer(path: str):
+    """A Qwen2 BPE tokenizer from a folder holding vocab.json and merges.txt."""
+    for candidate in (path, os.path.join(path, "tokenizer")):
+        if os.path.isfile(os.path.join(candidate, "vocab.json")) and os.path.isfile(os.path.join(candidate, "merges.txt")):
+            return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
+    raise ZImageInputError(
+        "tokenizer folder", f"'{path}' without vocab.json and merges.txt", "a Qwen2/Qwen3 tokenizer folder",
+        "inside ComfyUI the bundled comfy/text_encoders/qwen25_tokenizer is used; outside it, pass the diffusers folder's tokenizer/",
+    )
+
+
+def load_text_encoder(path: str, tokenizer_path: str, weight_dtype: str | torch.dtype = "default") -> ZImageTextEncoder:
+    requested = parse_weight_dtype(weight_dtype)
+    require_file(path, WHAT)
+    if os.path.isdir(path):
+        folder = os.path.join(path, "text_encoder") if os.path.isdir(os.path.join(path, "text_encoder")) else path
+        if not os.path.exists(os.path.join(folder, "config.json")):
+            raise ZImageInputError(WHAT, f"a folder '{path}' with no config.json", "a diffusers folder with text_encoder/config.json, or qwen_3_4b.safetensors", "point the loader at the right folder or file")
+        model = Qwen3Model.from_pretrained(folder, torch_dtype=compute_dtype_for(requested or stored_dtype(folder)), local_files_only=True)
+    else:
+        model = _load_single_file(path, requested)
+    return ZImageTextEncoder(model=model.eval().requires_grad_(False), tokenizer=load_tokenizer(tokenizer_path), source=path)
+
+
+def _load_single_file(path: str, requested: torch.dtype | None) -> Qwen3Model:
+    with open_safetensors(path, WHAT) as handle:
+        keys = list(handle.keys())
+        prefix = strip_prefix([k for k in keys if not k.startswith("lm_head.")], ("model.", "text_model.model.", "qwen3_4b.transformer.model."))
+        state = {k[len(prefix):]: handle.get_tensor(k) for k in keys if k.startswith(prefix) and not k.startswith("lm_head.")}
+    if "embed_tokens.weight" not in state or "layers.0.self_attn.q_norm.weight" not in state:
+        looks_like, use_instead = describe_foreign_keys(keys)
+        if "Qwen3" in looks_like:
+            looks_like = "a text encoder that is not Qwen3 (no q_norm in its attention)"
+        raise ZImageInputError(WHAT, f"'{os.path.basename(path)}' looks like {looks_like}", "Qwen3-4B (qwen_3_4b.safetensors)", f"use {use_instead}")
+    file_dtype = state["embed_tokens.weight"].dtype
+    dtype = compute_dtype_for(requested or file_dtype)
+    state = {k: v.to(dtype) for k, v in state.items()}
+    config = _config_from_shapes(state)
+    with torch.device("meta"):
+        model = Qwen3Model(config)
+    missing = sorted(set(model.state_dict()) - set(state))
+    if missing:
+        raise ZImageInputError(WHAT, f"'{os.path.basename(path)}' without {len(missing)} tensors (e.g. {missing[:3]})", "a complete Qwen3-4B", "download the file again")
+    model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()}, strict=True, assign=True)
+    # rotary frequencies are a non-persistent buffer: build them for real (they were on meta)
+    model.rotary_emb = type(model.rotary_emb)(config=config)
+    return model
+
+
+def _layer_count(names) -> int:
+    return 1 + max(int(m.group(1)) for n in names if (m := re.match(r"layers\.(\d+)\.", n)))
+
+
+def _config_from_shapes(state: dict[str, torch.Tensor]) -> Qwen3Config:
+    vocab, hidden = state["embed_tokens.weight"].shape
+    head_dim = state["layers.0.self_attn.q_norm.weight"].shape[0]
+    config = Qwen3Config(
+        vocab_size=vocab, hidden_size=hidden, head_dim=head_dim,
+        intermediate_size=state["layers.0.mlp.gate_proj.weight"].shape[0],
+        num_hidden_layers=_layer_count(state),
+        num_attention_heads=state["layers.0.self_attn.q_proj.weight"].shape[0] // head_dim,
+        num_key_value_heads=state["layers.0.self_attn.k_proj.weight"].shape[0] // head_dim,
+        **_QWEN3_4B_CONSTANTS,
+    )
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def tokenize_prompt(tokenizer, prompt: str) -> torch.Tensor:
+    """Token ids of one prompt in Z-Image's template (built here: the tokenizer's own chat
+    template would add a system prompt Z-Image never saw), at most 512 tokens."""
+    ids = tokenizer(PROMPT_TEMPLATE.format(prompt), add_special_tokens=False).input_ids
+    return torch.tensor(ids[:MAX_TOKENS], dtype=torch.long)
+
+
+@torch.no_grad()
+def encode_prompts(encoder: ZImageTextEncoder, prompts: list[str]) -> list[torch.Tensor]:
+    """Caption features ``[L_i, hidden]`` (float32, on the CPU) for each prompt: the second-to-last
+    hidden state of its tokens. Prompts run one at a time, so no padding token is ever seen."""
+    features = []
+    for prompt in prompts:
+        ids = tokenize_prompt(encoder.tokenizer, prompt).to(encoder.device)[None]
+        out = encoder.model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+        features.append(out.hidden_states[FEATURE_LAYER][0].float().cpu())
+    return features

@@ -1,0 +1,134 @@
+"""The one place that touches ComfyUI's runtime (folder_paths, model management, progress bar,
+previews, interruption). Every service has a standalone fallback, so the nodes also run from a
+plain script or the tests with no ComfyUI installed."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from ..loaders import residency
+from ..loaders.errors import ZImageInputError
+
+log = logging.getLogger("zimage")
+
+try:  # inside ComfyUI
+    import comfy.model_management as _mm
+    import comfy.utils as _comfy_utils
+    import folder_paths as _folder_paths
+
+    IN_COMFYUI = True
+except ImportError:  # a script or the tests
+    _mm = _comfy_utils = _folder_paths = None
+    IN_COMFYUI = False
+
+# Standalone: models sit under one root with ComfyUI's folder names (diffusion_models/, text_encoders/, vae/...).
+_standalone_root = os.environ.get("ZIMAGE_MODELS_DIR", "")
+DIFFUSERS_FOLDER = "diffusers"
+
+
+def set_models_root(path: str) -> None:
+    """Where the standalone fallback looks for model folders (ComfyUI's layout)."""
+    global _standalone_root
+    _standalone_root = path
+
+
+def _folder_dirs(folder: str) -> list[str]:
+    if IN_COMFYUI:
+        try:
+            return list(_folder_paths.get_folder_paths(folder))
+        except KeyError:
+            return []
+    return [os.path.join(_standalone_root, folder)] if _standalone_root else []
+
+
+def list_models(folder: str, with_diffusers_folders: bool = False) -> list[str]:
+    """File names the loader offers: the folder's safetensors files, plus diffusers folders."""
+    if IN_COMFYUI:
+        names = [n for n in _folder_paths.get_filename_list(folder) if n.endswith((".safetensors", ".sft"))]
+    else:
+        names = []
+        for base in _folder_dirs(folder):
+            for dirpath, _, files in os.walk(base):
+                names += [os.path.relpath(os.path.join(dirpath, f), base) for f in files if f.endswith((".safetensors", ".sft"))]
+    if with_diffusers_folders:
+        for base in _folder_dirs(DIFFUSERS_FOLDER):
+            if os.path.isdir(base):
+                names += [f"{DIFFUSERS_FOLDER}/{d}" for d in os.listdir(base) if os.path.isfile(os.path.join(base, d, "model_index.json"))]
+    return sorted(set(names))
+
+
+def model_path(folder: str, name: str) -> str:
+    """Full path of a listed model name (an absolute path is taken as it is)."""
+    if os.path.isabs(name):
+        return name
+    sub_folder, rest = (DIFFUSERS_FOLDER, name[len(DIFFUSERS_FOLDER) + 1:]) if name.startswith(DIFFUSERS_FOLDER + "/") else (folder, name)
+    for base in _folder_dirs(sub_folder):
+        candidate = os.path.join(base, rest)
+        if os.path.exists(candidate):
+            return candidate
+    raise ZImageInputError(
+        f"{folder} model", f"no file '{name}' in {_folder_dirs(sub_folder) or 'any models folder'}",
+        f"a file in ComfyUI's models/{sub_folder} folder", "put the file there and press 'r' (refresh) in ComfyUI, or pick another",
+    )
+
+
+def bundled_tokenizer_dir() -> str:
+    """ComfyUI ships the Qwen2 BPE tokenizer files; standalone, ZIMAGE_TOKENIZER_DIR points at a copy."""
+    if IN_COMFYUI:
+        import comfy
+
+        return os.path.join(os.path.dirname(os.path.realpath(comfy.__file__)), "text_encoders", "qwen25_tokenizer")
+    return os.environ.get("ZIMAGE_TOKENIZER_DIR", "")
+
+
+def compute_device() -> torch.device:
+    return _mm.get_torch_device() if IN_COMFYUI else residency.pick_device()
+
+
+def make_room(need_bytes: int, device: torch.device) -> None:
+    if IN_COMFYUI:
+        _mm.free_memory(need_bytes, device)
+
+
+def to_compute_device(module: torch.nn.Module) -> torch.device:
+    device = compute_device()
+    residency.place(module, device, make_room)
+    return device
+
+
+def check_interrupt() -> None:
+    if IN_COMFYUI:
+        _mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """ComfyUI's progress bar with live latent previews; a log line per step standalone."""
+
+    def __init__(self, total: int, device: torch.device):
+        self.total = total
+        self.bar = _comfy_utils.ProgressBar(total) if IN_COMFYUI else None
+        self.previewer = _previewer(device) if IN_COMFYUI else None
+
+    def __call__(self, step: int, total: int, x0_model_space: torch.Tensor) -> None:
+        if self.bar is None:
+            log.debug("step %d/%d", step + 1, total)
+            return
+        preview = None
+        if self.previewer is not None:
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0_model_space.float())
+        self.bar.update_absolute(step + 1, total, preview)
+
+
+def _previewer(device):
+    """ComfyUI's own previewer for FLUX-VAE latents, honouring the user's preview setting."""
+    try:
+        import comfy.latent_formats
+        import latent_preview
+
+        return latent_preview.get_previewer(device, comfy.latent_formats.Flux())
+    except Exception as exc:  # previews are a nicety: never fail a run for them
+        log.warning("Z-Image: no live previews (%s)", exc)
+        return None

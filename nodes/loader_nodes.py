@@ -1,0 +1,84 @@
+"""Loader nodes: each lists the matching ComfyUI models folder and calls one engine loader."""
+
+from __future__ import annotations
+
+import os
+
+from ..loaders.dtypes import WEIGHT_DTYPES
+from ..loaders.text_encoder import load_text_encoder
+from ..loaders.transformer import load_transformer
+from ..loaders.vae import load_vae
+from . import comfy_services as services
+from .types import CATEGORY, ZIMAGE_MODEL, ZIMAGE_TEXT_ENCODER, ZIMAGE_VAE
+
+
+def _dtype_input(default: str = "default"):
+    return (list(WEIGHT_DTYPES), {"default": default, "tooltip": "How the weights are held in memory. 'default' keeps the file's dtype; fp8_e4m3fn stores weights in fp8 (half of bf16) and computes in bf16."})
+
+
+class ZImageTransformerLoader:
+    DESCRIPTION = "Loads the Z-Image S3-DiT transformer (Turbo or Base) from a ComfyUI single file (bf16, fp16, fp8) or a diffusers folder."
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = (ZIMAGE_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The Z-Image transformer, for the Z-Image samplers.",)
+    FUNCTION = "load"
+    SEARCH_ALIASES = ["z-image", "zimage", "turbo", "s3-dit", "load diffusion model"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (services.list_models("diffusion_models", with_diffusers_folders=True), {"tooltip": "z_image_turbo_bf16.safetensors in models/diffusion_models, or a diffusers folder in models/diffusers."}),
+            "weight_dtype": _dtype_input(),
+        }}
+
+    def load(self, model_name, weight_dtype="default"):
+        return (load_transformer(services.model_path("diffusion_models", model_name), weight_dtype),)
+
+
+class ZImageTextEncoderLoader:
+    DESCRIPTION = "Loads Z-Image's Qwen3-4B text encoder (qwen_3_4b.safetensors or a diffusers folder) and its tokenizer."
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = (ZIMAGE_TEXT_ENCODER,)
+    RETURN_NAMES = ("text_encoder",)
+    OUTPUT_TOOLTIPS = ("The Qwen3-4B text encoder, for Z-Image Text Encode.",)
+    FUNCTION = "load"
+    SEARCH_ALIASES = ["qwen3", "qwen_3_4b", "clip loader", "z-image text encoder"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "text_encoder_name": (services.list_models("text_encoders", with_diffusers_folders=True), {"tooltip": "qwen_3_4b.safetensors in models/text_encoders, or a diffusers folder."}),
+                "weight_dtype": _dtype_input(),
+            },
+            "optional": {
+                "tokenizer_path": ("STRING", {"default": "", "tooltip": "Leave empty: a diffusers folder's tokenizer/ or ComfyUI's bundled Qwen tokenizer is used. Otherwise a folder with vocab.json and merges.txt."}),
+            },
+        }
+
+    def load(self, text_encoder_name, weight_dtype="default", tokenizer_path=""):
+        path = services.model_path("text_encoders", text_encoder_name)
+        if not tokenizer_path:
+            tokenizer_path = path if os.path.isdir(path) else services.bundled_tokenizer_dir()
+        return (load_text_encoder(path, tokenizer_path, weight_dtype),)
+
+
+class ZImageVAELoader:
+    DESCRIPTION = "Loads the FLUX.1 VAE Z-Image uses (ae.safetensors, or a diffusers folder's vae/)."
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = (ZIMAGE_VAE,)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The FLUX.1 VAE, for Z-Image VAE Decode / Encode.",)
+    FUNCTION = "load"
+    SEARCH_ALIASES = ["ae.safetensors", "flux vae", "load vae"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae_name": (services.list_models("vae", with_diffusers_folders=True), {"tooltip": "ae.safetensors in models/vae, or a diffusers folder."}),
+            "weight_dtype": _dtype_input("fp32"),
+        }}
+
+    def load(self, vae_name, weight_dtype="fp32"):
+        return (load_vae(services.model_path("vae", vae_name), weight_dtype),)

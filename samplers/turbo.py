@@ -1,0 +1,102 @@
+"""The Z-Image flow-matching Euler sampler (Turbo: 8 steps, no CFG; Base: CFG with truncation and
+renormalisation), numerically the diffusers ``ZImagePipeline`` loop.
+
+Progress, preview and interruption arrive as plain callbacks, so this runs with or without ComfyUI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..loaders.errors import ZImageInputError
+from .latents import check_latent, comfy_noise, to_model_space, to_raw_space
+from .schedules import turbo_sigmas
+
+# on_step(step_index, total_steps, x0_prediction_in_model_space)
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+@dataclass
+class Guidance:
+    """Classifier-free guidance in ComfyUI's convention: ``cfg`` 1.0 = off.
+
+    ``truncation``: CFG stops once the denoising progress (1 − σ) passes it (1.0 = never).
+    ``renorm``: the guided prediction's norm is capped at renorm × the positive one (0 = off)."""
+
+    cfg: float = 1.0
+    truncation: float = 1.0
+    renorm: float = 0.0
+    negative: Optional[list[torch.Tensor]] = None
+
+    def active_at(self, sigma: float) -> bool:
+        return self.cfg != 1.0 and self.negative is not None and (1.0 - sigma) <= self.truncation
+
+
+def predict_velocity(module, x: torch.Tensor, sigma: float, features: list[torch.Tensor], guidance: Guidance | None, compute_dtype) -> torch.Tensor:
+    """The flow velocity v (float32) at ``x`` (model space, [B, C, H, W])."""
+    batch = x.shape[0]
+    use_cfg = guidance is not None and guidance.active_at(sigma)
+    inputs = x.to(compute_dtype)
+    captions = [f.to(x.device, compute_dtype) for f in features]
+    if use_cfg:
+        inputs = inputs.repeat(2, 1, 1, 1)
+        captions = captions + [f.to(x.device, compute_dtype) for f in guidance.negative]
+    t = torch.full((inputs.shape[0],), 1.0 - sigma, device=x.device, dtype=torch.float32)
+    out = module(list(inputs.unsqueeze(2).unbind(0)), t, captions, return_dict=False)[0]
+    pred = torch.stack([o.float() for o in out]).squeeze(2)
+    if use_cfg:
+        pos, neg = pred[:batch], pred[batch:]
+        guided = pos + (guidance.cfg - 1.0) * (pos - neg)
+        if guidance.renorm > 0:
+            dims = tuple(range(1, pos.ndim))
+            pos_norm = torch.linalg.vector_norm(pos, dim=dims, keepdim=True)
+            new_norm = torch.linalg.vector_norm(guided, dim=dims, keepdim=True)
+            cap = pos_norm * guidance.renorm
+            guided = torch.where(new_norm > cap, guided * (cap / new_norm), guided)
+        pred = guided
+    return -pred
+
+
+@torch.no_grad()
+def sample(
+    transformer,
+    features: list[torch.Tensor],
+    latent: torch.Tensor,
+    seed: int,
+    steps: int = 8,
+    shift: float = 3.0,
+    denoise: float = 1.0,
+    guidance: Guidance | None = None,
+    sigmas: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    on_step: StepCallback | None = None,
+    check_interrupt: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Denoise ``latent`` (ComfyUI raw VAE space) and return the result in the same space (float32, CPU).
+
+    ``transformer`` is a loaded :class:`ZImageTransformer`; ``features`` one ``[L, C]`` tensor per
+    image. With ``denoise`` = 1 the input latent only gives the shape (text-to-image)."""
+    check_latent(latent)
+    if len(features) != latent.shape[0]:
+        raise ZImageInputError("positive", f"{len(features)} prompt features", f"{latent.shape[0]} (one per latent)", "encode one prompt per image, or one for all")
+    if sigmas is None:
+        sigmas = turbo_sigmas(steps, shift, denoise)
+    module = transformer.module
+    device = transformer.device
+    if noise is None:
+        noise = comfy_noise(latent.shape, seed)
+    sigma0 = float(sigmas[0])
+    x = (sigma0 * noise + (1.0 - sigma0) * to_model_space(latent.float())).to(device)
+    total = len(sigmas) - 1
+    for i in range(total):
+        if check_interrupt is not None:
+            check_interrupt()
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        v = predict_velocity(module, x, sigma, features, guidance, transformer.compute_dtype)
+        if on_step is not None:
+            on_step(i, total, x - sigma * v)  # x0 prediction, for previews
+        x = x + (sigma_next - sigma) * v
+    return to_raw_space(x).cpu()
