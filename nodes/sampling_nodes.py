@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..loaders.errors import ZImageInputError
 from ..samplers.conditioning import features_from_conditioning
-from ..samplers.latents import empty_latent
+from ..samplers.latents import check_latent, empty_latent
+from ..samplers.schedules import check_steps
 from ..samplers.text import encode_to_conditioning
 from ..samplers.turbo import Guidance, sample
 from . import comfy_services as services
@@ -92,12 +91,14 @@ class ZImageTurboSampler:
 
     def run(self, model, positive, latent_image, seed, steps=8, shift=3.0, denoise=1.0, negative=None, cfg=1.0, cfg_truncation=1.0, cfg_renorm=0.0):
         samples = latent_samples(latent_image)
-        device = services.to_compute_device(model.module)
-        batch = samples.shape[0] if isinstance(samples, torch.Tensor) and samples.ndim == 4 else 1
+        check_latent(samples, "latent_image")
+        check_steps(steps)
+        batch = samples.shape[0]
         features = features_from_conditioning(positive, model.cap_feat_dim, batch, "positive")
         guidance = None
         if cfg != 1.0 and negative is not None:
             guidance = Guidance(cfg, cfg_truncation, cfg_renorm, features_from_conditioning(negative, model.cap_feat_dim, batch, "negative"))
+        device = services.to_compute_device(model.module)
         out = sample(model, features, samples, seed, steps, shift, denoise, guidance,
                      on_step=services.Progress(steps, device), check_interrupt=services.check_interrupt)
         return ({"samples": out},)

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny Z-Image models generated from a seed, written in every supported layout."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER_DIR = ROOT.parent / "shared" / "fixtures" / "qwen_tokenizer"
+
+
+def _import_pack():
+    """The repository root as the package ``zimage_pack`` (as `pip install -e .` names it)."""
+    try:
+        import zimage_pack
+    except ImportError:
+        spec = importlib.util.spec_from_file_location("zimage_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+        zimage_pack = importlib.util.module_from_spec(spec)
+        sys.modules["zimage_pack"] = zimage_pack
+        spec.loader.exec_module(zimage_pack)
+    if Path(zimage_pack.__file__).resolve().parent != ROOT:
+        raise RuntimeError(f"zimage_pack is imported from {zimage_pack.__file__}, not this checkout {ROOT}: reinstall with pip install -e .")
+    return zimage_pack
+
+
+_import_pack()
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+from zimage_pack.loaders import demo_models as dm  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> str:
+    if not (TOKENIZER_DIR / "vocab.json").is_file() or not (TOKENIZER_DIR / "merges.txt").is_file():
+        pytest.fail(f"test fixture missing: the Qwen tokenizer files at {TOKENIZER_DIR} (../shared/fixtures/qwen_tokenizer)")
+    return str(TOKENIZER_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_transformer():
+    return dm.make_transformer(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder():
+    return dm.make_text_encoder(seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_vae():
+    return dm.make_vae(seed=2)
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory, tiny_transformer, tiny_text_encoder, tiny_vae, tokenizer_dir) -> dict[str, str]:
+    """Every layout of the three tiny models, plus a ComfyUI-style models folder tree."""
+    root = tmp_path_factory.mktemp("models")
+    files = {
+        "comfy": dm.write_transformer(tiny_transformer, str(root / "diffusion_models" / "z_image_tiny.safetensors"), "comfy"),
+        "comfy_prefixed": dm.write_transformer(tiny_transformer, str(root / "diffusion_models" / "z_image_tiny_prefixed.safetensors"), "comfy", prefix="model.diffusion_model."),
+        "comfy_short_prefix": dm.write_transformer(tiny_transformer, str(root / "other" / "z_image_dm_prefix.safetensors"), "comfy", prefix="diffusion_model."),
+        "diffusers_single": dm.write_transformer(tiny_transformer, str(root / "other" / "z_image_diffusers_keys.safetensors"), "diffusers"),
+        "diffusers_folder": dm.write_transformer(tiny_transformer, str(root / "diffusers" / "z_image_tiny" / "transformer"), "folder"),
+        "fp8": dm.write_transformer(tiny_transformer, str(root / "other" / "z_image_fp8.safetensors"), "comfy", dtype=torch.float8_e4m3fn),
+        "fp8_scaled": dm.write_transformer(tiny_transformer, str(root / "other" / "z_image_fp8_scaled.safetensors"), "comfy", dtype=torch.float8_e4m3fn, fp8_scaled=True),
+        "bf16": dm.write_transformer(tiny_transformer, str(root / "other" / "z_image_bf16.safetensors"), "comfy", dtype=torch.bfloat16),
+        "te_comfy": dm.write_text_encoder(tiny_text_encoder, str(root / "text_encoders" / "qwen_3_tiny.safetensors")),
+        "te_folder": dm.write_text_encoder(tiny_text_encoder, str(root / "diffusers" / "z_image_tiny" / "text_encoder"), "folder", tokenizer_dir),
+        "vae_bfl": dm.write_vae(tiny_vae, str(root / "vae" / "ae_tiny.safetensors")),
+        "vae_folder": dm.write_vae(tiny_vae, str(root / "diffusers" / "z_image_tiny" / "vae"), "folder"),
+        "root": str(root),
+    }
+    (root / "diffusers" / "z_image_tiny" / "model_index.json").write_text('{"_class_name": "ZImagePipeline"}')
+    return files
+
+
+@pytest.fixture()
+def standalone_models(model_files, tokenizer_dir, monkeypatch):
+    """Point the nodes' standalone fallback at the tiny models folder tree."""
+    from zimage_pack.nodes import comfy_services
+
+    monkeypatch.setattr(comfy_services, "_standalone_root", model_files["root"])
+    monkeypatch.setenv("ZIMAGE_TOKENIZER_DIR", tokenizer_dir)
+    return model_files

@@ -1,0 +1,110 @@
+"""The example workflows validate against the node definitions as ComfyUI validates a prompt, and run
+headless on tiny models saved under the real file names."""
+
+import copy
+import glob
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from zimage_pack.loaders import demo_models as dm
+from zimage_pack.workflows import build
+from zimage_pack.workflows.headless import run_prompt, ui_to_api, validate_prompt
+from zimage_pack.workflows.native_nodes import SaveImage
+
+WORKFLOW_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows")
+API_FILES = sorted(glob.glob(os.path.join(WORKFLOW_DIR, "*_api.json")))
+UI_FILES = sorted(f for f in glob.glob(os.path.join(WORKFLOW_DIR, "*.json")) if not f.endswith("_api.json"))
+
+
+@pytest.fixture()
+def real_named_models(tmp_path, tiny_transformer, tiny_text_encoder, tiny_vae, tokenizer_dir, monkeypatch):
+    """Tiny models saved under the names users download, in ComfyUI's folder layout."""
+    from zimage_pack.nodes import comfy_services
+
+    dm.write_transformer(tiny_transformer, str(tmp_path / "diffusion_models" / build.TRANSFORMER_FILE))
+    dm.write_text_encoder(tiny_text_encoder, str(tmp_path / "text_encoders" / build.TEXT_ENCODER_FILE))
+    dm.write_vae(tiny_vae, str(tmp_path / "vae" / build.VAE_FILE))
+    monkeypatch.setattr(comfy_services, "_standalone_root", str(tmp_path))
+    monkeypatch.setenv("ZIMAGE_TOKENIZER_DIR", tokenizer_dir)
+    monkeypatch.setattr(SaveImage, "output_dir", str(tmp_path / "output"))
+    return tmp_path
+
+
+def _small(prompt: dict) -> dict:
+    """The same graph at 64×48 so it runs in a second on the CPU."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        if node["class_type"] in ("ZImageEmptyLatent", "EmptySD3LatentImage"):
+            node["inputs"].update(width=64, height=48, batch_size=2)
+    return prompt
+
+
+def test_there_are_workflows_in_both_formats():
+    assert API_FILES and UI_FILES
+    assert {os.path.basename(f)[: -len("_api.json")] for f in API_FILES} == {os.path.basename(f)[: -len(".json")] for f in UI_FILES}
+
+
+def test_committed_workflows_equal_the_generator_output():
+    for name, obj in build.render().items():
+        with open(os.path.join(WORKFLOW_DIR, name), encoding="utf-8") as fh:
+            assert fh.read() == build.dumps(obj), f"{name} is stale: run python -m zimage_pack.workflows.build"
+
+
+@pytest.mark.parametrize("path", API_FILES, ids=os.path.basename)
+def test_api_workflow_validates_and_runs(path, real_named_models):
+    prompt = json.load(open(path, encoding="utf-8"))
+    assert validate_prompt(prompt) == []
+    results = run_prompt(_small(prompt))
+    saved = [p for out in results.values() for item in out if isinstance(item, dict) for p in item.get("ui", {}).get("images", [])]
+    assert len(saved) == 2
+    image = Image.open(saved[0])
+    assert image.size == (64, 48)
+    assert "prompt" in image.info  # the graph travels with the PNG, as ComfyUI does
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=os.path.basename)
+def test_ui_workflow_matches_node_definitions(path, real_named_models):
+    workflow = json.load(open(path, encoding="utf-8"))
+    prompt = ui_to_api(workflow)
+    assert validate_prompt(prompt) == []
+    api = json.load(open(path.replace(".json", "_api.json"), encoding="utf-8"))
+    assert {k: v["inputs"] for k, v in prompt.items()} == {k: v["inputs"] for k, v in api.items()}
+
+
+def test_workflows_name_the_real_files():
+    text = open(API_FILES[0], encoding="utf-8").read()
+    for name in (build.TRANSFORMER_FILE, build.TEXT_ENCODER_FILE, build.VAE_FILE):
+        assert name in text
+
+
+def test_validation_catches_each_comfyui_error(real_named_models):
+    prompt = json.load(open(API_FILES[0], encoding="utf-8"))
+    ids = {node["class_type"]: key for key, node in prompt.items()}
+    sampler, latent, loader = ids["ZImageTurboSampler"], ids["ZImageEmptyLatent"], ids["ZImageTransformerLoader"]
+
+    def errors_after(change):
+        broken = copy.deepcopy(prompt)
+        change(broken)
+        return {kind for _, kind, _ in validate_prompt(broken)}
+
+    assert "missing_node_type" in errors_after(lambda p: p[sampler].update(class_type="NoSuchNode"))
+    assert "required_input_missing" in errors_after(lambda p: p[sampler]["inputs"].pop("positive"))
+    assert "bad_linked_input" in errors_after(lambda p: p[sampler]["inputs"].update(model=["999", 0]))
+    assert "return_type_mismatch" in errors_after(lambda p: p[sampler]["inputs"].update(model=[latent, 0]))
+    assert "value_smaller_than_min" in errors_after(lambda p: p[sampler]["inputs"].update(steps=0))
+    assert "value_bigger_than_max" in errors_after(lambda p: p[sampler]["inputs"].update(denoise=1.5))
+    assert "value_not_in_list" in errors_after(lambda p: p[loader]["inputs"].update(model_name="missing.safetensors"))
+    assert "invalid_input_type" in errors_after(lambda p: p[sampler]["inputs"].update(seed="abc"))
+
+
+def test_native_empty_sd3_latent_feeds_our_sampler(real_named_models):
+    prompt = _small(json.load(open(API_FILES[0], encoding="utf-8")))
+    ids = {node["class_type"]: key for key, node in prompt.items()}
+    prompt[ids["ZImageEmptyLatent"]]["class_type"] = "EmptySD3LatentImage"
+    ours = run_prompt(_small(json.load(open(API_FILES[0], encoding="utf-8"))))[ids["ZImageTurboSampler"]][0]["samples"]
+    native = run_prompt(prompt)[ids["ZImageTurboSampler"]][0]["samples"]
+    assert torch.equal(ours, native)

@@ -1,0 +1,57 @@
+"""The ComfyUI core nodes our example workflows use, declared as ComfyUI declares them, with small
+standalone implementations so the workflows also run headless (scripts and tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+
+class SaveImage:
+    RETURN_TYPES = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+    CATEGORY = "image"
+    output_dir = os.path.join(os.getcwd(), "out")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})},
+                "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+        os.makedirs(self.output_dir, exist_ok=True)
+        saved = []
+        for index, image in enumerate(images):
+            pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            info = PngInfo()
+            if prompt is not None:
+                info.add_text("prompt", json.dumps(prompt))
+            path = os.path.join(self.output_dir, f"{filename_prefix}_{index:05}_.png")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(pixels)).save(path, pnginfo=info)
+            saved.append(path)
+        return {"ui": {"images": saved}}
+
+
+class EmptySD3LatentImage:
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "generate"
+    CATEGORY = "latent/sd3"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"width": ("INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}),
+                             "height": ("INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}),
+                             "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})}}
+
+    def generate(self, width, height, batch_size=1):
+        return ({"samples": torch.zeros([batch_size, 16, height // 8, width // 8])},)
+
+
+NATIVE_NODE_CLASS_MAPPINGS = {"SaveImage": SaveImage, "EmptySD3LatentImage": EmptySD3LatentImage}
