@@ -26,6 +26,10 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+def device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 def _free_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
@@ -35,8 +39,7 @@ def _free_bytes(device: torch.device) -> int | None:
 def place(module: torch.nn.Module, device: torch.device, make_room: Callable[[int, torch.device], None] | None = None) -> torch.nn.Module:
     """Move ``module`` to ``device``, first moving the pack's other models off it if room is short,
     then asking the host (ComfyUI) to free what it holds."""
-    current = next(module.parameters()).device
-    if current == device:
+    if device_of(module) == device:
         return module
     if device.type != "cpu":
         need = module_bytes(module) + _RESERVE
@@ -55,7 +58,7 @@ def place(module: torch.nn.Module, device: torch.device, make_room: Callable[[in
 def offload(module: torch.nn.Module) -> None:
     """Back to the CPU (and forget it as resident)."""
     _resident.pop(id(module), None)
-    if next(module.parameters()).device.type != "cpu":
+    if device_of(module).type != "cpu":
         module.to("cpu")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

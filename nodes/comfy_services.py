@@ -78,9 +78,8 @@ def model_path(folder: str, name: str) -> str:
 def bundled_tokenizer_dir() -> str:
     """ComfyUI ships the Qwen2 BPE tokenizer files; standalone, ZIMAGE_TOKENIZER_DIR points at a copy."""
     if IN_COMFYUI:
-        import comfy
-
-        return os.path.join(os.path.dirname(os.path.realpath(comfy.__file__)), "text_encoders", "qwen25_tokenizer")
+        # ``comfy`` is a namespace package (no __file__); model_management.py sits in it
+        return os.path.join(os.path.dirname(os.path.realpath(_mm.__file__)), "text_encoders", "qwen25_tokenizer")
     return os.environ.get("ZIMAGE_TOKENIZER_DIR", "")
 
 

@@ -154,3 +154,13 @@ def test_no_device_is_hard_coded(model_files, fake_comfyui, monkeypatch):
     model = load_transformer(model_files["comfy"])
     ZImageTurboSampler().run(model, [[torch.randn(1, 4, 32), {}]], {"samples": torch.zeros(1, 16, 4, 4)}, seed=1, steps=1)
     assert asked
+
+
+def test_inside_comfyui_the_bundled_tokenizer_is_used(fake_comfyui, monkeypatch, tmp_path, tokenizer_dir):
+    """ComfyUI ships the tokenizer at comfy/text_encoders/qwen25_tokenizer, beside model_management.py."""
+    import shutil
+
+    bundled = tmp_path / "comfy" / "text_encoders" / "qwen25_tokenizer"
+    shutil.copytree(tokenizer_dir, bundled)
+    monkeypatch.setattr(services._mm, "__file__", str(tmp_path / "comfy" / "model_management.py"), raising=False)
+    assert services.bundled_tokenizer_dir() == str(bundled)
