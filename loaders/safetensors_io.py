@@ -66,3 +66,14 @@ def stored_dtype(folder: str) -> torch.dtype:
                 if dtype is not None:
                     return dtype
     return torch.float32
+
+
+def diffusers_component_folder(path: str, component: str, what: str, single_file: str) -> str:
+    """``path/component`` of a diffusers pipeline folder (or ``path`` itself if it is that component)."""
+    folder = os.path.join(path, component) if os.path.isdir(os.path.join(path, component)) else path
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        raise ZImageInputError(
+            what, f"a folder '{path}' with no config.json", f"a diffusers folder with {component}/config.json, or {single_file}",
+            "point the loader at the Z-Image diffusers folder or at the single file",
+        )
+    return folder

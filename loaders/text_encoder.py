@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 from .dtypes import compute_dtype_for, parse_weight_dtype
 from .errors import ZImageInputError
 from .model_files import describe_foreign_keys, strip_prefix
-from .safetensors_io import open_safetensors, require_file, stored_dtype
+from .safetensors_io import diffusers_component_folder, open_safetensors, require_file, stored_dtype
 
 WHAT = "Z-Image text encoder file (Qwen3-4B)"
 PROMPT_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
@@ -62,9 +62,7 @@ def load_text_encoder(path: str, tokenizer_path: str, weight_dtype: str | torch.
     requested = parse_weight_dtype(weight_dtype)
     require_file(path, WHAT)
     if os.path.isdir(path):
-        folder = os.path.join(path, "text_encoder") if os.path.isdir(os.path.join(path, "text_encoder")) else path
-        if not os.path.exists(os.path.join(folder, "config.json")):
-            raise ZImageInputError(WHAT, f"a folder '{path}' with no config.json", "a diffusers folder with text_encoder/config.json, or qwen_3_4b.safetensors", "point the loader at the right folder or file")
+        folder = diffusers_component_folder(path, "text_encoder", WHAT, "qwen_3_4b.safetensors")
         model = Qwen3Model.from_pretrained(folder, torch_dtype=compute_dtype_for(requested or stored_dtype(folder)), local_files_only=True)
     else:
         model = _load_single_file(path, requested)

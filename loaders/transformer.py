@@ -24,7 +24,7 @@ from diffusers.loaders.single_file_utils import convert_z_image_transformer_chec
 from .dtypes import FP8_DTYPES, compute_dtype_for, parse_weight_dtype
 from .errors import ZImageInputError
 from .model_files import describe_foreign_keys, strip_prefix
-from .safetensors_io import open_safetensors, require_file, stored_dtype
+from .safetensors_io import diffusers_component_folder, open_safetensors, require_file, stored_dtype
 
 log = logging.getLogger("zimage")
 
@@ -68,12 +68,7 @@ def load_transformer(path: str, weight_dtype: str | torch.dtype = "default") -> 
 
 
 def _load_folder(path: str, requested: torch.dtype | None) -> ZImageTransformer:
-    folder = os.path.join(path, "transformer") if os.path.isdir(os.path.join(path, "transformer")) else path
-    if not os.path.exists(os.path.join(folder, "config.json")):
-        raise ZImageInputError(
-            WHAT, f"a folder '{path}' with no config.json", "a diffusers folder (with transformer/config.json) or a .safetensors file",
-            "point the loader at the Z-Image diffusers folder or at the single file",
-        )
+    folder = diffusers_component_folder(path, "transformer", WHAT, "z_image_turbo_bf16.safetensors")
     storage = requested or stored_dtype(folder)
     load_dtype = compute_dtype_for(storage)
     module = ZImageTransformer2DModel.from_pretrained(folder, torch_dtype=load_dtype, local_files_only=True)

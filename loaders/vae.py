@@ -17,7 +17,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from .dtypes import compute_dtype_for, parse_weight_dtype
 from .errors import ZImageInputError
 from .model_files import describe_foreign_keys, strip_prefix
-from .safetensors_io import open_safetensors, require_file, stored_dtype
+from .safetensors_io import diffusers_component_folder, open_safetensors, require_file, stored_dtype
 
 WHAT = "Z-Image VAE file (FLUX.1 ae.safetensors)"
 SCALING_FACTOR = 0.3611
@@ -47,9 +47,7 @@ def load_vae(path: str, weight_dtype: str | torch.dtype = "default") -> ZImageVA
     requested = parse_weight_dtype(weight_dtype)
     require_file(path, WHAT)
     if os.path.isdir(path):
-        folder = os.path.join(path, "vae") if os.path.isdir(os.path.join(path, "vae")) else path
-        if not os.path.exists(os.path.join(folder, "config.json")):
-            raise ZImageInputError(WHAT, f"a folder '{path}' with no config.json", "a diffusers folder with vae/config.json, or ae.safetensors", "point the loader at the right folder or file")
+        folder = diffusers_component_folder(path, "vae", WHAT, "ae.safetensors")
         model = AutoencoderKL.from_pretrained(folder, torch_dtype=compute_dtype_for(requested or stored_dtype(folder)), local_files_only=True)
     else:
         model = _load_single_file(path, requested)

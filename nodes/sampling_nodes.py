@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..loaders.errors import ZImageInputError
 from ..samplers.conditioning import features_from_conditioning
 from ..samplers.latents import check_latent, empty_latent

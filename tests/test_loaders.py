@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from transformers import Qwen3Model
 
 from zimage_pack.loaders import demo_models as dm
 from zimage_pack.loaders.text_encoder import PROMPT_TEMPLATE, encode_prompts, load_text_encoder, load_tokenizer, tokenize_prompt
