@@ -9,6 +9,9 @@ from typing import Callable
 
 import torch
 
+from .dtypes import FP8_DTYPES
+from .errors import ZImageInputError
+
 _resident: "weakref.WeakValueDictionary[int, torch.nn.Module]" = weakref.WeakValueDictionary()
 _RESERVE = 1 << 30  # activations and workspace on top of the weights
 
@@ -41,6 +44,11 @@ def place(module: torch.nn.Module, device: torch.device, make_room: Callable[[in
     then asking the host (ComfyUI) to free what it holds."""
     if device_of(module) == device:
         return module
+    if device.type == "mps" and any(p.dtype in FP8_DTYPES for p in module.parameters()):
+        raise ZImageInputError(
+            "weight_dtype", "fp8 weights on Apple MPS", "a dtype the device supports (MPS has no float8 tensors)",
+            "set the loader's weight_dtype to bf16 (or fp16)",
+        )
     if device.type != "cpu":
         need = module_bytes(module) + _RESERVE
         free = _free_bytes(device)

@@ -6,7 +6,7 @@ import torch
 
 from ..loaders.errors import ZImageInputError
 from ..samplers.conditioning import features_from_conditioning
-from ..samplers.latents import check_latent, empty_latent
+from ..samplers.latents import check_image_size, check_latent, empty_latent
 from ..samplers.schedules import check_steps
 from ..samplers.text import encode_to_conditioning
 from ..samplers.turbo import Guidance, sample
@@ -57,6 +57,16 @@ class ZImageEmptyLatent:
             "height": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16, "tooltip": "Pixels; a multiple of 16."}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096, "tooltip": "Images per run."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width, height):
+        # Run at queue time, so a batch of prompts fails before any of them runs.
+        # (ComfyUI then skips its own min/max check for these two inputs: check_image_size covers it.)
+        try:
+            check_image_size(width, height, MAX_RESOLUTION)
+        except ZImageInputError as err:
+            return str(err)
+        return True
 
     def generate(self, width, height, batch_size=1):
         return ({"samples": empty_latent(width, height, batch_size)},)

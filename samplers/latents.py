@@ -35,8 +35,10 @@ def empty_latent(width: int, height: int, batch_size: int = 1) -> torch.Tensor:
     return torch.zeros(batch_size, LATENT_CHANNELS, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT)
 
 
-def check_image_size(width: int, height: int) -> None:
+def check_image_size(width: int, height: int, max_size: int = 16384) -> None:
     for name, value in (("width", width), ("height", height)):
+        if isinstance(value, int) and value > max_size:
+            raise ZImageInputError(name, repr(value), f"at most {max_size} pixels", f"use {max_size} or less")
         if not isinstance(value, int) or value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
             near = max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE) if isinstance(value, (int, float)) else 1024
             raise ZImageInputError(name, repr(value), f"a multiple of {SIZE_MULTIPLE} pixels", f"use {near}")

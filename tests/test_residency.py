@@ -55,3 +55,14 @@ def test_cpu_device_is_a_no_op_for_cpu_models():
     module = torch.nn.Linear(2, 2)
     assert residency.place(module, torch.device("cpu")) is module
     assert residency.pick_device().type in ("cpu", "cuda", "mps")
+
+
+def test_fp8_on_apple_mps_is_refused_clearly(monkeypatch):
+    import pytest
+
+    from zimage_pack.loaders.errors import ZImageInputError
+
+    module = torch.nn.Linear(4, 4).to(torch.float8_e4m3fn)
+    with pytest.raises(ZImageInputError) as info:
+        residency.place(module, torch.device("mps"))
+    assert "bf16" in str(info.value) and module.weight.device.type == "cpu"

@@ -108,3 +108,11 @@ def test_native_empty_sd3_latent_feeds_our_sampler(real_named_models):
     ours = run_prompt(_small(json.load(open(API_FILES[0], encoding="utf-8"))))[ids["ZImageTurboSampler"]][0]["samples"]
     native = run_prompt(prompt)[ids["ZImageTurboSampler"]][0]["samples"]
     assert torch.equal(ours, native)
+
+
+def test_size_not_multiple_of_16_fails_at_queue_time(real_named_models):
+    prompt = json.load(open(API_FILES[0], encoding="utf-8"))
+    latent = next(k for k, v in prompt.items() if v["class_type"] == "ZImageEmptyLatent")
+    prompt[latent]["inputs"]["width"] = 1000
+    (error,) = validate_prompt(prompt)
+    assert error[1] == "custom_validation_failed" and "width" in error[2] and "multiple of 16" in error[2]

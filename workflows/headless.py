@@ -28,14 +28,29 @@ def validate_prompt(prompt: dict, classes: dict | None = None) -> list[tuple[str
             continue
         types = cls.INPUT_TYPES()
         inputs = node.get("inputs", {})
+        custom_checked = _validate_inputs_arguments(cls)
         for section in ("required", "optional"):
             for name, spec in types.get(section, {}).items():
                 if name not in inputs:
                     if section == "required":
                         errors.append((node_id, "required_input_missing", name))
                     continue
+                if name in custom_checked:
+                    continue  # ComfyUI leaves these to the node's VALIDATE_INPUTS
                 errors += [(node_id, kind, f"{name}: {detail}") for kind, detail in _check_input(prompt, classes, spec, inputs[name])]
+        if custom_checked:
+            verdict = cls.VALIDATE_INPUTS(**{n: inputs[n] for n in custom_checked if n in inputs and not is_link(inputs[n])})
+            if verdict is not True:
+                errors.append((node_id, "custom_validation_failed", str(verdict)))
     return errors
+
+
+def _validate_inputs_arguments(cls) -> list[str]:
+    """The inputs a node's VALIDATE_INPUTS takes (ComfyUI validates those only through it)."""
+    if not hasattr(cls, "VALIDATE_INPUTS"):
+        return []
+    code = cls.VALIDATE_INPUTS.__func__.__code__ if hasattr(cls.VALIDATE_INPUTS, "__func__") else cls.VALIDATE_INPUTS.__code__
+    return [n for n in code.co_varnames[: code.co_argcount] if n != "cls"]
 
 
 def _check_input(prompt, classes, spec, value):
