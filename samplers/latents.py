@@ -7,10 +7,9 @@ from __future__ import annotations
 import torch
 
 from ..loaders.errors import ZImageInputError
+from ..loaders.vae import LATENT_CHANNELS, SCALING_FACTOR, SHIFT_FACTOR
 
-SCALING_FACTOR = 0.3611
-SHIFT_FACTOR = 0.1159
-LATENT_CHANNELS = 16
+__all__ = ["LATENT_CHANNELS", "SCALING_FACTOR", "SHIFT_FACTOR", "to_model_space", "to_raw_space", "comfy_noise", "empty_latent"]
 PIXELS_PER_LATENT = 8
 SIZE_MULTIPLE = 16  # pixels: 8× VAE down-sampling times the transformer's 2×2 patches
 
