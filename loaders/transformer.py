@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from diffusers import ZImageTransformer2DModel
@@ -44,6 +44,11 @@ class ZImageTransformer:
     storage_dtype: torch.dtype
     compute_dtype: torch.dtype
     source: str
+    lora_stack: tuple = ()  # LoraPatch objects, merged when sampling starts (loaders/lora_merge.py)
+
+    def with_lora(self, patch) -> "ZImageTransformer":
+        """A new model object with one more LoRA; this one is unchanged (ComfyUI caches it)."""
+        return replace(self, lora_stack=self.lora_stack + (patch,))
 
     @property
     def device(self) -> torch.device:

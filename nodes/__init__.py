@@ -1,6 +1,7 @@
 """ComfyUI node registrations."""
 
 from .image_nodes import ZImageVAEDecode, ZImageVAEEncode
+from .lora_nodes import ZImageLoraLoader, ZImageLoraStack
 from .loader_nodes import ZImageTextEncoderLoader, ZImageTransformerLoader, ZImageVAELoader
 from .sampling_nodes import ZImageEmptyLatent, ZImageTextEncode, ZImageTurboSampler
 
@@ -13,6 +14,8 @@ NODE_CLASS_MAPPINGS = {
     "ZImageTurboSampler": ZImageTurboSampler,
     "ZImageVAEDecode": ZImageVAEDecode,
     "ZImageVAEEncode": ZImageVAEEncode,
+    "ZImageLoraLoader": ZImageLoraLoader,
+    "ZImageLoraStack": ZImageLoraStack,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -24,4 +27,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ZImageTurboSampler": "Z-Image Turbo Sampler",
     "ZImageVAEDecode": "Z-Image VAE Decode",
     "ZImageVAEEncode": "Z-Image VAE Encode",
+    "ZImageLoraLoader": "Z-Image LoRA",
+    "ZImageLoraStack": "Z-Image LoRA Stack",
 }

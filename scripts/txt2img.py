@@ -76,8 +76,8 @@ def main(argv=None) -> str:
 
     classes = _classes_taking_paths()
     start = time.perf_counter()
-    results = run_prompt(prompt, classes)
-    saved = [p for out in results.values() for item in out if isinstance(item, dict) for p in item.get("ui", {}).get("images", [])]
+    _, ui = run_prompt(prompt, classes)
+    saved = [p for node_ui in ui.values() for p in node_ui.get("images", [])]
     final = os.path.abspath(args.out)
     os.replace(saved[0], final)
     print(f"wrote {final} ({width}x{height}, {args.steps} steps, seed {args.seed}) in {time.perf_counter() - start:.1f} s")

@@ -18,6 +18,7 @@ from zimage_pack.workflows.native_nodes import SaveImage
 WORKFLOW_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows")
 API_FILES = sorted(glob.glob(os.path.join(WORKFLOW_DIR, "*_api.json")))
 UI_FILES = sorted(f for f in glob.glob(os.path.join(WORKFLOW_DIR, "*.json")) if not f.endswith("_api.json"))
+T2I_API = os.path.join(WORKFLOW_DIR, "z_image_turbo_text_to_image_api.json")
 
 
 @pytest.fixture()
@@ -28,6 +29,9 @@ def real_named_models(tmp_path, tiny_transformer, tiny_text_encoder, tiny_vae, t
     dm.write_transformer(tiny_transformer, str(tmp_path / "diffusion_models" / build.TRANSFORMER_FILE))
     dm.write_text_encoder(tiny_text_encoder, str(tmp_path / "text_encoders" / build.TEXT_ENCODER_FILE))
     dm.write_vae(tiny_vae, str(tmp_path / "vae" / build.VAE_FILE))
+    from zimage_pack.loaders.demo_loras import write_lora
+
+    write_lora(tiny_transformer, str(tmp_path / "loras" / build.LORA_FILE), "musubi")
     monkeypatch.setattr(comfy_services, "_standalone_root", str(tmp_path))
     monkeypatch.setenv("ZIMAGE_TOKENIZER_DIR", tokenizer_dir)
     monkeypatch.setattr(SaveImage, "output_dir", str(tmp_path / "output"))
@@ -58,8 +62,8 @@ def test_committed_workflows_equal_the_generator_output():
 def test_api_workflow_validates_and_runs(path, real_named_models):
     prompt = json.load(open(path, encoding="utf-8"))
     assert validate_prompt(prompt) == []
-    results = run_prompt(_small(prompt))
-    saved = [p for out in results.values() for item in out if isinstance(item, dict) for p in item.get("ui", {}).get("images", [])]
+    _, ui = run_prompt(_small(prompt))
+    saved = [p for node_ui in ui.values() for p in node_ui.get("images", [])]
     assert len(saved) == 2
     image = Image.open(saved[0])
     assert image.size == (64, 48)
@@ -76,13 +80,13 @@ def test_ui_workflow_matches_node_definitions(path, real_named_models):
 
 
 def test_workflows_name_the_real_files():
-    text = open(API_FILES[0], encoding="utf-8").read()
+    text = open(T2I_API, encoding="utf-8").read()
     for name in (build.TRANSFORMER_FILE, build.TEXT_ENCODER_FILE, build.VAE_FILE):
         assert name in text
 
 
 def test_validation_catches_each_comfyui_error(real_named_models):
-    prompt = json.load(open(API_FILES[0], encoding="utf-8"))
+    prompt = json.load(open(T2I_API, encoding="utf-8"))
     ids = {node["class_type"]: key for key, node in prompt.items()}
     sampler, latent, loader = ids["ZImageTurboSampler"], ids["ZImageEmptyLatent"], ids["ZImageTransformerLoader"]
 
@@ -102,17 +106,24 @@ def test_validation_catches_each_comfyui_error(real_named_models):
 
 
 def test_native_empty_sd3_latent_feeds_our_sampler(real_named_models):
-    prompt = _small(json.load(open(API_FILES[0], encoding="utf-8")))
+    prompt = _small(json.load(open(T2I_API, encoding="utf-8")))
     ids = {node["class_type"]: key for key, node in prompt.items()}
     prompt[ids["ZImageEmptyLatent"]]["class_type"] = "EmptySD3LatentImage"
-    ours = run_prompt(_small(json.load(open(API_FILES[0], encoding="utf-8"))))[ids["ZImageTurboSampler"]][0]["samples"]
-    native = run_prompt(prompt)[ids["ZImageTurboSampler"]][0]["samples"]
+    ours = run_prompt(_small(json.load(open(T2I_API, encoding="utf-8"))))[0][ids["ZImageTurboSampler"]][0]["samples"]
+    native = run_prompt(prompt)[0][ids["ZImageTurboSampler"]][0]["samples"]
     assert torch.equal(ours, native)
 
 
 def test_size_not_multiple_of_16_fails_at_queue_time(real_named_models):
-    prompt = json.load(open(API_FILES[0], encoding="utf-8"))
+    prompt = json.load(open(T2I_API, encoding="utf-8"))
     latent = next(k for k, v in prompt.items() if v["class_type"] == "ZImageEmptyLatent")
     prompt[latent]["inputs"]["width"] = 1000
     (error,) = validate_prompt(prompt)
     assert error[1] == "custom_validation_failed" and "width" in error[2] and "multiple of 16" in error[2]
+
+
+def test_lora_workflow_reports_every_key(real_named_models):
+    prompt = _small(json.load(open(os.path.join(WORKFLOW_DIR, "z_image_turbo_lora_stack_api.json"), encoding="utf-8")))
+    outputs, ui = run_prompt(prompt)
+    report = next(node_ui["text"][0] for node_ui in ui.values() if "text" in node_ui)
+    assert f"{build.LORA_FILE} (musubi-tuner / kohya): applied 48 of 48 keys" in report

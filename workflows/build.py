@@ -42,7 +42,28 @@ def text_to_image() -> list[Node]:
     ]
 
 
-WORKFLOWS = {"z_image_turbo_text_to_image": text_to_image}
+LORA_FILE = "my_z_image_lora.safetensors"
+LORA_NOTE = (
+    "Z-Image-Turbo with a LoRA stack.\n\n"
+    f"Put LoRAs into models/loras (here: {LORA_FILE}). Any trainer's format loads: ai-toolkit, musubi-tuner, "
+    "ComfyUI, diffusers/PEFT, DiffSynth, LyCORIS LoKr/LoHa. For a LoRA trained on Turbo that lost its 8-step "
+    "sharpness, add the DistillPatch LoRA in slot 2.\n\nThe report lists every key that was not applied."
+)
+
+
+def text_to_image_with_loras() -> list[Node]:
+    nodes = [n for n in text_to_image() if n.class_type != "Note"]
+    sampler = next(n for n in nodes if n.class_type == "ZImageTurboSampler")
+    sampler.inputs["model"] = (10, 0)
+    return nodes + [
+        Node(12, "Note", {"text": LORA_NOTE}, "Read me", pos=(-380, 40), size=(340, 260)),
+        Node(10, "ZImageLoraStack", {"model": (1, 0), "lora_1": LORA_FILE, "strength_1": 0.8, "lora_2": "None", "strength_2": 1.0,
+                                     "lora_3": "None", "strength_3": 1.0, "lora_4": "None", "strength_4": 1.0}, pos=(380, -300), size=(340, 260)),
+        Node(11, "PreviewAny", {"source": (10, 1)}, "LoRA report", pos=(760, -300), size=(420, 200)),
+    ]
+
+
+WORKFLOWS = {"z_image_turbo_text_to_image": text_to_image, "z_image_turbo_lora_stack": text_to_image_with_loras}
 
 
 def render() -> dict[str, dict]:

@@ -105,13 +105,14 @@ def ui_to_api(workflow: dict, classes: dict | None = None) -> dict:
     return prompt
 
 
-def run_prompt(prompt: dict, classes: dict | None = None) -> dict:
-    """Execute every node (dependencies first); returns {node id: outputs}."""
+def run_prompt(prompt: dict, classes: dict | None = None) -> tuple[dict, dict]:
+    """Execute every node (dependencies first); returns ({node id: outputs}, {node id: ui dict})."""
     classes = classes or all_node_classes()
     errors = validate_prompt(prompt, classes)
     if errors:
         raise ValueError(f"prompt failed validation: {errors}")
     results: dict[str, tuple] = {}
+    ui: dict[str, dict] = {}
 
     def run(node_id: str):
         if node_id in results:
@@ -122,9 +123,12 @@ def run_prompt(prompt: dict, classes: dict | None = None) -> dict:
         if node["class_type"] == "SaveImage":
             kwargs["prompt"] = prompt
         out = getattr(cls(), cls.FUNCTION)(**kwargs)
-        results[node_id] = out if isinstance(out, tuple) else (out,)
+        if isinstance(out, dict):  # ComfyUI's {"ui": ..., "result": (...)} form
+            ui[node_id] = out.get("ui", {})
+            out = out.get("result", ())
+        results[node_id] = tuple(out)
         return results[node_id]
 
     for node_id in prompt:
         run(node_id)
-    return results
+    return results, ui

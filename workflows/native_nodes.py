@@ -54,4 +54,19 @@ class EmptySD3LatentImage:
         return ({"samples": torch.zeros([batch_size, 16, height // 8, width // 8])},)
 
 
-NATIVE_NODE_CLASS_MAPPINGS = {"SaveImage": SaveImage, "EmptySD3LatentImage": EmptySD3LatentImage}
+class PreviewAny:
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "main"
+    OUTPUT_NODE = True
+    CATEGORY = "utilities"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("*", {})}}
+
+    def main(self, source=None):
+        text = source if isinstance(source, str) else repr(source)
+        return {"ui": {"text": [text]}, "result": (text,)}
+
+
+NATIVE_NODE_CLASS_MAPPINGS = {"SaveImage": SaveImage, "EmptySD3LatentImage": EmptySD3LatentImage, "PreviewAny": PreviewAny}
