@@ -20,15 +20,6 @@ import torch
 GOAL = 1.0
 
 
-def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", type=int, default=3)
@@ -68,10 +59,6 @@ def main():
 
     def ours_remove():
         sync_lora_stack(ours.module, ())
-
-    def ours_cycle_apply():
-        ours_remove()
-        ours_apply()
 
     sd = load_file(lora_path)
 

@@ -11,7 +11,6 @@ module names, never by turning underscores back into dots.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 import torch
