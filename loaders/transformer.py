@@ -45,6 +45,7 @@ class ZImageTransformer:
     compute_dtype: torch.dtype
     source: str
     lora_stack: tuple = ()  # LoraPatch objects, merged when sampling starts (loaders/lora_merge.py)
+    param_set: object = None  # a ParamSet replacing some tensors (loaders/param_sets.py); None = the file's
 
     def with_lora(self, patch) -> "ZImageTransformer":
         """A new model object with one more LoRA; this one is unchanged (ComfyUI caches it)."""
@@ -77,7 +78,7 @@ def _load_folder(path: str, requested: torch.dtype | None) -> ZImageTransformer:
     storage = requested or stored_dtype(folder)
     load_dtype = compute_dtype_for(storage)
     module = ZImageTransformer2DModel.from_pretrained(folder, torch_dtype=load_dtype, local_files_only=True)
-    return _finish(module, storage, path)
+    return finish_module(module, storage, path)
 
 
 def _load_single_file(path: str, requested: torch.dtype | None) -> ZImageTransformer:
@@ -92,13 +93,13 @@ def _load_single_file(path: str, requested: torch.dtype | None) -> ZImageTransfo
     config = config_from_state_dict(state, path)
     with torch.device("meta"):
         module = ZImageTransformer2DModel(**config)
-    _check_keys(module, state, path)
+    check_keys(module, state, path)
     module.load_state_dict(state, strict=True, assign=True)
     del state
-    return _finish(module.eval().requires_grad_(False), storage, path)
+    return finish_module(module.eval().requires_grad_(False), storage, path)
 
 
-def _finish(module: ZImageTransformer2DModel, storage: torch.dtype, source: str) -> ZImageTransformer:
+def finish_module(module: ZImageTransformer2DModel, storage: torch.dtype, source: str) -> ZImageTransformer:
     compute = compute_dtype_for(storage)
     if storage in FP8_DTYPES:
         # diffusers' layerwise casting: Linear weights stay fp8, upcast per layer for the matmul;
@@ -188,7 +189,7 @@ def _config_from_shapes(state: dict[str, torch.Tensor]) -> dict:
     return config
 
 
-def _check_keys(module: torch.nn.Module, state: dict, path: str) -> None:
+def check_keys(module: torch.nn.Module, state: dict, path: str) -> None:
     expected = set(module.state_dict().keys())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:

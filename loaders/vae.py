@@ -53,6 +53,8 @@ def load_vae(path: str, weight_dtype: str | torch.dtype = "default") -> ZImageVA
         model = _load_single_file(path, requested)
     if model.config.latent_channels != LATENT_CHANNELS:
         raise ZImageInputError(WHAT, f"a VAE with {model.config.latent_channels} latent channels", "the FLUX.1 VAE (16 channels)", "use ae.safetensors from FLUX.1 / Z-Image")
+    # channels-last lets the CPU (oneDNN) and GPU convolution kernels run faster (~20 % on a CPU decode)
+    model = model.to(memory_format=torch.channels_last)
     return ZImageVAE(model=model.eval().requires_grad_(False), source=path)
 
 
@@ -122,7 +124,7 @@ def decode(vae: ZImageVAE, raw_latent: torch.Tensor, tile_size: int = 0) -> torc
 
     ``tile_size`` > 0 decodes in overlapping tiles of that many pixels (diffusers' tiling)."""
     model = vae.model
-    z = raw_latent.to(vae.device, vae.dtype)
+    z = raw_latent.to(vae.device, vae.dtype).contiguous(memory_format=torch.channels_last)
     if tile_size and max(z.shape[-2:]) * vae.downscale > tile_size:
         _set_tiling(model, tile_size, vae.downscale)
         pixels = model.tiled_decode(z, return_dict=False)[0]
@@ -135,7 +137,7 @@ def decode(vae: ZImageVAE, raw_latent: torch.Tensor, tile_size: int = 0) -> torc
 def encode(vae: ZImageVAE, image: torch.Tensor, tile_size: int = 0) -> torch.Tensor:
     """IMAGE [B, H, W, 3] in 0..1 -> raw LATENT (the distribution's mean, as ComfyUI's VAEEncode)."""
     model = vae.model
-    pixels = image[..., :3].permute(0, 3, 1, 2).to(vae.device, vae.dtype) * 2 - 1
+    pixels = (image[..., :3].permute(0, 3, 1, 2).to(vae.device, vae.dtype) * 2 - 1).contiguous(memory_format=torch.channels_last)
     if tile_size and max(pixels.shape[-2:]) > tile_size:
         _set_tiling(model, tile_size, vae.downscale)
         dist = model.tiled_encode(pixels, return_dict=False)[0]

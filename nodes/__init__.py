@@ -1,6 +1,7 @@
 """ComfyUI node registrations."""
 
 from .image_nodes import ZImageVAEDecode, ZImageVAEEncode
+from .two_step_nodes import ZImageSaveStepBundle, ZImageStepBundleLoader, ZImageTwoStepModel, ZImageTwoStepSampler
 from .lora_nodes import ZImageLoraLoader, ZImageLoraStack
 from .loader_nodes import ZImageTextEncoderLoader, ZImageTransformerLoader, ZImageVAELoader
 from .sampling_nodes import ZImageEmptyLatent, ZImageTextEncode, ZImageTurboSampler
@@ -16,6 +17,10 @@ NODE_CLASS_MAPPINGS = {
     "ZImageVAEEncode": ZImageVAEEncode,
     "ZImageLoraLoader": ZImageLoraLoader,
     "ZImageLoraStack": ZImageLoraStack,
+    "ZImageTwoStepModel": ZImageTwoStepModel,
+    "ZImageStepBundleLoader": ZImageStepBundleLoader,
+    "ZImageSaveStepBundle": ZImageSaveStepBundle,
+    "ZImageTwoStepSampler": ZImageTwoStepSampler,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -29,4 +34,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ZImageVAEEncode": "Z-Image VAE Encode",
     "ZImageLoraLoader": "Z-Image LoRA",
     "ZImageLoraStack": "Z-Image LoRA Stack",
+    "ZImageTwoStepModel": "Z-Image 2-Step Model",
+    "ZImageStepBundleLoader": "Z-Image 2-Step Bundle Loader",
+    "ZImageSaveStepBundle": "Z-Image Save 2-Step Bundle",
+    "ZImageTwoStepSampler": "Z-Image 2-Step Sampler",
 }

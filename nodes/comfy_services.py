@@ -24,6 +24,10 @@ except ImportError:  # a script or the tests
     _mm = _comfy_utils = _folder_paths = None
     IN_COMFYUI = False
 
+BUNDLE_FOLDER = "zimage_bundles"  # 2-step (step-decoupled) bundles: models/zimage_bundles
+if IN_COMFYUI and BUNDLE_FOLDER not in _folder_paths.folder_names_and_paths:
+    _folder_paths.folder_names_and_paths[BUNDLE_FOLDER] = ([os.path.join(_folder_paths.models_dir, BUNDLE_FOLDER)], {".safetensors"})
+
 # Standalone: models sit under one root with ComfyUI's folder names (diffusion_models/, text_encoders/, vae/...).
 _standalone_root = os.environ.get("ZIMAGE_MODELS_DIR", "")
 DIFFUSERS_FOLDER = "diffusers"
@@ -73,6 +77,16 @@ def model_path(folder: str, name: str) -> str:
         f"{folder} model", f"no file '{name}' in {_folder_dirs(sub_folder) or 'any models folder'}",
         f"a file in ComfyUI's models/{sub_folder} folder", "put the file there and press 'r' (refresh) in ComfyUI, or pick another",
     )
+
+
+def new_model_path(folder: str, filename: str) -> str:
+    """Where a file the pack writes goes: the first directory of that models folder."""
+    dirs = _folder_dirs(folder)
+    if not dirs:
+        raise ZImageInputError("filename", f"no '{folder}' models folder", "ComfyUI's models folder", "run inside ComfyUI or set ZIMAGE_MODELS_DIR")
+    name = os.path.basename(filename) if filename.endswith(".safetensors") else os.path.basename(filename) + ".safetensors"
+    os.makedirs(dirs[0], exist_ok=True)
+    return os.path.join(dirs[0], name)
 
 
 def bundled_tokenizer_dir() -> str:

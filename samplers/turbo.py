@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from ..loaders.errors import ZImageInputError
-from ..loaders.lora_merge import sync_lora_stack
+from ..loaders.param_sets import prepare_weights
 from .latents import check_latent, comfy_noise, to_model_space, to_raw_space
 from .schedules import turbo_sigmas
 
@@ -86,7 +86,7 @@ def sample(
     if sigmas is None:
         sigmas = turbo_sigmas(steps, shift, denoise)
     module = transformer.module
-    sync_lora_stack(module, getattr(transformer, "lora_stack", ()))
+    prepare_weights(transformer)
     device = transformer.device
     if noise is None:
         noise = comfy_noise(latent.shape, seed)

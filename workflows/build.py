@@ -63,7 +63,52 @@ def text_to_image_with_loras() -> list[Node]:
     ]
 
 
-WORKFLOWS = {"z_image_turbo_text_to_image": text_to_image, "z_image_turbo_lora_stack": text_to_image_with_loras}
+TWO_STEP_NOTE = (
+    "2-step step-decoupled generation (Turbo++ form).\n\n"
+    "The 2-Step Model node takes the parameters for each step: the same model twice (plain Turbo in 2 steps), "
+    "two transformer files, or one transformer with a different LoRA stack per step. A bundle from "
+    "models/zimage_bundles loads with the 2-Step Bundle Loader instead.\n\n"
+    "sigma_mid 0.5 with shift 3 is the Turbo schedule for 2 steps (the model sees σ 1.0 then 0.75). "
+    "step1_latent is step 1's guess of the image."
+)
+
+
+def two_step() -> list[Node]:
+    base = [n for n in text_to_image() if n.class_type in ("ZImageTransformerLoader", "ZImageTextEncoderLoader", "ZImageVAELoader", "ZImageTextEncode", "ZImageEmptyLatent")]
+    return base + [
+        Node(9, "Note", {"text": TWO_STEP_NOTE}, "Read me", pos=(-380, 40), size=(340, 300)),
+        Node(10, "ZImageTwoStepModel", {"step1_model": (1, 0), "step2_model": (1, 0)}, pos=(380, -160), size=(320, 80)),
+        Node(11, "ZImageTwoStepSampler", {"step_model": (10, 0), "positive": (4, 0), "latent_image": (5, 0), "seed": 42, "sigma_mid": 0.5,
+                                          "shift": 3.0, "step2_rule": "euler", "denoise": 1.0, "use_bundle_settings": True}, pos=(820, 0), size=(320, 300)),
+        Node(12, "ZImageVAEDecode", {"vae": (3, 0), "samples": (11, 0), "tile_size": 0}, pos=(1180, 0), size=(260, 100)),
+        Node(13, "SaveImage", {"images": (12, 0), "filename_prefix": "z-image-2step"}, pos=(1480, 0), size=(512, 560)),
+        Node(14, "ZImageVAEDecode", {"vae": (3, 0), "samples": (11, 1), "tile_size": 0}, "Decode step 1", pos=(1180, 360), size=(260, 100)),
+        Node(15, "SaveImage", {"images": (14, 0), "filename_prefix": "z-image-2step-step1"}, pos=(1480, 600), size=(512, 560)),
+    ]
+
+
+def two_step_vs_eight_step() -> list[Node]:
+    eight = [n for n in text_to_image() if n.class_type != "Note"]
+    next(n for n in eight if n.class_type == "SaveImage").inputs["filename_prefix"] = "z-image-8step"
+    for node in eight:
+        if node.class_type == "ZImageTurboSampler":
+            node.title = "8 steps"
+    return eight + [
+        Node(9, "Note", {"text": "Side by side: the same prompt and seed in 8 steps (top) and in 2 steps (bottom).\n\n" + TWO_STEP_NOTE}, "Read me", pos=(-380, 40), size=(340, 320)),
+        Node(10, "ZImageTwoStepModel", {"step1_model": (1, 0), "step2_model": (1, 0)}, pos=(380, 560), size=(320, 80)),
+        Node(11, "ZImageTwoStepSampler", {"step_model": (10, 0), "positive": (4, 0), "latent_image": (5, 0), "seed": 42, "sigma_mid": 0.5,
+                                          "shift": 3.0, "step2_rule": "euler", "denoise": 1.0, "use_bundle_settings": True}, "2 steps", pos=(820, 560), size=(320, 300)),
+        Node(12, "ZImageVAEDecode", {"vae": (3, 0), "samples": (11, 0), "tile_size": 0}, pos=(1180, 560), size=(260, 100)),
+        Node(13, "SaveImage", {"images": (12, 0), "filename_prefix": "z-image-2step"}, pos=(2020, 0), size=(512, 560)),
+    ]
+
+
+WORKFLOWS = {
+    "z_image_turbo_text_to_image": text_to_image,
+    "z_image_turbo_lora_stack": text_to_image_with_loras,
+    "z_image_turbo_2step": two_step,
+    "z_image_2step_vs_8step": two_step_vs_eight_step,
+}
 
 
 def render() -> dict[str, dict]:
