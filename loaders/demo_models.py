@@ -187,3 +187,27 @@ def write_demo_models(root: str, tokenizer_dir: str, seed: int = 0) -> dict[str,
     if not os.path.exists(paths["vae"]):
         write_vae(make_vae(seed + 2), paths["vae"])
     return paths
+
+
+def make_controlnet(version: str, seed: int = 0, dim: int = 64, n_heads: int = 2):
+    """A random Fun ControlNet in one version's layout (see loaders/controlnet.py)."""
+    from diffusers import ZImageControlNetModel
+
+    n_control, in_dim, mode = {"1.0": (6, 16, None), "2.0": (15, 33, "control_noise_refiner"), "2.1": (15, 33, "control_noise_refiner"),
+                               "2.1 lite": (3, 33, "control_noise_refiner")}[version]
+    div = round(30 / n_control)
+    model = ZImageControlNetModel(control_layers_places=[i * div for i in range(n_control)], control_refiner_layers_places=[0, 1] if mode else None,
+                                  control_in_dim=in_dim, add_control_noise_refiner=mode, dim=dim, n_heads=n_heads, n_kv_heads=n_heads)
+    _randomise(model, seed, std=0.05)
+    if version == "2.0":  # the released 2.0 file ships its control_noise_refiner as zeros
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.startswith("control_noise_refiner."):
+                    param.zero_()
+    return model.eval().requires_grad_(False)
+
+
+def write_controlnet(model, path: str, dtype: torch.dtype | None = None) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_file({k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in model.state_dict().items()}, path)
+    return path

@@ -46,6 +46,10 @@ class ZImageTransformer:
     source: str
     lora_stack: tuple = ()  # LoraPatch objects, merged when sampling starts (loaders/lora_merge.py)
     param_set: object = None  # a ParamSet replacing some tensors (loaders/param_sets.py); None = the file's
+    controls: tuple = ()  # ControlSpec objects (samplers/control.py)
+
+    def with_control(self, spec) -> "ZImageTransformer":
+        return replace(self, controls=self.controls + (spec,))
 
     def with_lora(self, patch) -> "ZImageTransformer":
         """A new model object with one more LoRA; this one is unchanged (ComfyUI caches it)."""
@@ -99,19 +103,23 @@ def _load_single_file(path: str, requested: torch.dtype | None) -> ZImageTransfo
     return finish_module(module.eval().requires_grad_(False), storage, path)
 
 
+def store_in_fp8(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> None:
+    """diffusers' layerwise casting: Linear weights stay fp8 and are upcast per layer for the matmul;
+    the precision-critical layers it skips (norms, embedders) must hold the compute dtype."""
+    module.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
+    for sub in module.modules():
+        hooked = getattr(sub, "_diffusers_hook", None) is not None and sub._diffusers_hook.get_hook("layerwise_casting") is not None
+        if hooked:
+            continue
+        for name, param in list(sub.named_parameters(recurse=False)):
+            if param.dtype in FP8_DTYPES:
+                setattr(sub, name, torch.nn.Parameter(param.to(compute), requires_grad=False))
+
+
 def finish_module(module: ZImageTransformer2DModel, storage: torch.dtype, source: str) -> ZImageTransformer:
     compute = compute_dtype_for(storage)
     if storage in FP8_DTYPES:
-        # diffusers' layerwise casting: Linear weights stay fp8, upcast per layer for the matmul;
-        # precision-critical layers it skips (norms, embedders) must hold the compute dtype.
-        module.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
-        for sub in module.modules():
-            hooked = getattr(sub, "_diffusers_hook", None) is not None and sub._diffusers_hook.get_hook("layerwise_casting") is not None
-            if hooked:
-                continue
-            for name, param in list(sub.named_parameters(recurse=False)):
-                if param.dtype in FP8_DTYPES:
-                    setattr(sub, name, torch.nn.Parameter(param.to(compute), requires_grad=False))
+        store_in_fp8(module, storage, compute)
     return ZImageTransformer(module=module.eval().requires_grad_(False), storage_dtype=storage, compute_dtype=compute, source=source)
 
 

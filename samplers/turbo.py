@@ -13,6 +13,7 @@ import torch
 
 from ..loaders.errors import ZImageInputError
 from ..loaders.param_sets import prepare_weights
+from .control import forward_with_control
 from .latents import check_latent, comfy_noise, to_model_space, to_raw_space
 from .schedules import turbo_sigmas
 
@@ -36,8 +37,9 @@ class Guidance:
         return self.cfg != 1.0 and self.negative is not None and (1.0 - sigma) <= self.truncation
 
 
-def predict_velocity(module, x: torch.Tensor, sigma: float, features: list[torch.Tensor], guidance: Guidance | None, compute_dtype) -> torch.Tensor:
-    """The flow velocity v (float32) at ``x`` (model space, [B, C, H, W])."""
+def predict_velocity(transformer, x: torch.Tensor, sigma: float, features: list[torch.Tensor], guidance: Guidance | None) -> torch.Tensor:
+    """The flow velocity v (float32) at ``x`` (model space, [B, C, H, W]), ControlNets included."""
+    module, compute_dtype = transformer.module, transformer.compute_dtype
     batch = x.shape[0]
     use_cfg = guidance is not None and guidance.active_at(sigma)
     inputs = x.to(compute_dtype)
@@ -46,7 +48,15 @@ def predict_velocity(module, x: torch.Tensor, sigma: float, features: list[torch
         inputs = inputs.repeat(2, 1, 1, 1)
         captions = captions + [f.to(x.device, compute_dtype) for f in guidance.negative]
     t = torch.full((inputs.shape[0],), 1.0 - sigma, device=x.device, dtype=torch.float32)
-    out = module(list(inputs.unsqueeze(2).unbind(0)), t, captions, return_dict=False)[0]
+    active = [c for c in getattr(transformer, "controls", ()) if c.active_at(sigma)]
+    if active:
+        controls = []
+        for spec in active:
+            control = spec.control_latents(batch, x.shape[2], x.shape[3], x.device, compute_dtype)
+            controls.append((spec.controlnet, control.repeat(inputs.shape[0] // batch, 1, 1, 1), spec.strength))
+        out = forward_with_control(module, list(inputs.unsqueeze(2).unbind(0)), t, captions, controls)
+    else:
+        out = module(list(inputs.unsqueeze(2).unbind(0)), t, captions, return_dict=False)[0]
     pred = torch.stack([o.float() for o in out]).squeeze(2)
     if use_cfg:
         pos, neg = pred[:batch], pred[batch:]
@@ -97,7 +107,7 @@ def sample(
         if check_interrupt is not None:
             check_interrupt()
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        v = predict_velocity(module, x, sigma, features, guidance, transformer.compute_dtype)
+        v = predict_velocity(transformer, x, sigma, features, guidance)
         if on_step is not None:
             on_step(i, total, x - sigma * v)  # x0 prediction, for previews
         x = x + (sigma_next - sigma) * v

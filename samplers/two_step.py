@@ -60,7 +60,7 @@ def sample_two_step(
     x = (s0 * noise + (1.0 - s0) * to_model_space(latent.float())).to(device)
 
     prepare_weights(step1)
-    v = predict_velocity(step1.module, x, s0, features, None, step1.compute_dtype)
+    v = predict_velocity(step1, x, s0, features, None)
     x0_step1 = x - s0 * v
     if on_step is not None:
         on_step(0, 2, x0_step1)
@@ -72,7 +72,7 @@ def sample_two_step(
         check_interrupt()
 
     prepare_weights(step2)
-    v = predict_velocity(step2.module, x, s1, features, None, step2.compute_dtype)
+    v = predict_velocity(step2, x, s1, features, None)
     x = x - s1 * v
     if on_step is not None:
         on_step(1, 2, x)

@@ -1,0 +1,116 @@
+"""Z-Image-Turbo-Fun-Controlnet-Union (alibaba-pai) files: every version, detected from the keys.
+
+| version  | control layers | control in-dim | refiner                                        |
+| 1.0      | 6              | 16             | plain blocks, no hints                         |
+| 2.0      | 15             | 33             | control_noise_refiner all zero: the control layers give the refiner hints |
+| 2.1      | 15             | 33             | 2 control blocks whose hints go into the noise refiner (also 8-step, 2601, 2602, Tile) |
+| 2.1 lite | 3              | 33             | as 2.1 (also Tile lite)                        |
+
+The network is diffusers' ``ZImageControlNetModel`` (its config chosen from the detected version; the
+2.0 conversion is diffusers' single-file converter). How its hints enter the transformer follows the
+reference (samplers/control.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from diffusers import ZImageControlNetModel
+from diffusers.loaders.single_file_utils import convert_z_image_controlnet_checkpoint_to_diffusers
+
+from .dtypes import FP8_DTYPES, compute_dtype_for, parse_weight_dtype
+from .errors import ZImageInputError
+from .model_files import describe_foreign_keys, strip_prefix
+from .safetensors_io import open_safetensors, require_file
+
+WHAT = "Z-Image Fun ControlNet file (model_patches)"
+MAIN_LAYERS = 30
+DEFAULT_STRENGTH = {"1.0": 0.75, "2.0": 0.9, "2.1": 0.9, "2.1 lite": 0.9}
+
+
+@dataclass
+class ZImageControlNet:
+    module: ZImageControlNetModel
+    version: str
+    control_in_dim: int
+    storage_dtype: torch.dtype
+    compute_dtype: torch.dtype
+    source: str
+
+    @property
+    def default_strength(self) -> float:
+        return DEFAULT_STRENGTH[self.version]
+
+    @property
+    def inpaint_channels(self) -> bool:
+        return self.control_in_dim == 33
+
+
+def _count(keys, prefix: str) -> int:
+    found = {int(m.group(1)) for k in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    return max(found) + 1 if found else 0
+
+
+def detect_version(state: dict) -> tuple[str, dict]:
+    """(version, ZImageControlNetModel config) from the keys and shapes; refuses other files."""
+    keys = list(state)
+    if "control_all_x_embedder.2-1.weight" not in state:
+        looks_like, use_instead = describe_foreign_keys(keys)
+        raise ZImageInputError(WHAT, f"a file that looks like {looks_like}", "a Z-Image-Turbo-Fun-Controlnet-Union file (keys control_all_x_embedder.*, control_layers.*)", f"use {use_instead}")
+    dim, patch_in = state["control_all_x_embedder.2-1.weight"].shape
+    in_dim = patch_in // 4
+    n_control = _count(keys, "control_layers.")
+    n_refiner = _count(keys, "control_noise_refiner.")
+    head_dim = state["control_layers.0.attention.norm_q.weight"].shape[0]
+    refiner_is_control = "control_noise_refiner.0.before_proj.weight" in state
+    if refiner_is_control:
+        after = [state[k] for k in keys if k.startswith("control_noise_refiner.") and k.endswith("after_proj.weight")]
+        mode = "control_layers" if all(torch.count_nonzero(t) == 0 for t in after) else "control_noise_refiner"
+    else:
+        mode = None
+    version = {(6, 16, None): "1.0", (15, 33, "control_layers"): "2.0", (15, 33, "control_noise_refiner"): "2.1",
+               (3, 33, "control_noise_refiner"): "2.1 lite"}.get((n_control, in_dim, mode))
+    if version is None:
+        raise ZImageInputError(
+            WHAT, f"a Fun ControlNet layout this pack does not know ({n_control} control layers, {in_dim} input channels, refiner {mode})",
+            "Union 1.0, 2.0, 2.1 (8-step, 2601, 2602, Tile) or 2.1 lite", "use one of those files, or report the file so its layout can be added",
+        )
+    div = round(MAIN_LAYERS / n_control)
+    config = dict(
+        control_layers_places=[i * div for i in range(n_control)],
+        control_refiner_layers_places=list(range(n_refiner)) if mode else None,
+        control_in_dim=in_dim, add_control_noise_refiner=mode, dim=dim, n_refiner_layers=max(n_refiner, 1),
+        n_heads=dim // head_dim, n_kv_heads=dim // head_dim,
+    )
+    return version, config
+
+
+def load_controlnet(path: str, weight_dtype: str | torch.dtype = "default") -> ZImageControlNet:
+    requested = parse_weight_dtype(weight_dtype)
+    require_file(path, WHAT)
+    with open_safetensors(path, WHAT) as handle:
+        keys = list(handle.keys())
+        prefix = strip_prefix(keys, ("model.", "controlnet.", "diffusion_model."))
+        state = {k[len(prefix):]: handle.get_tensor(k) for k in keys}
+    version, config = detect_version(state)
+    state = convert_z_image_controlnet_checkpoint_to_diffusers(state, config)
+    storage = requested or next(v.dtype for k, v in state.items() if k.endswith("to_q.weight"))
+    compute = compute_dtype_for(storage)
+    state = {k: (v if (storage in FP8_DTYPES and v.dtype in FP8_DTYPES) else v.to(compute)) for k, v in state.items()}
+    with torch.device("meta"):
+        module = ZImageControlNetModel(**config)
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ZImageInputError(WHAT, f"'{os.path.basename(path)}' ({version} layout) with {len(missing)} missing tensors (e.g. {missing[:2]}) and {len(unexpected)} unknown ones (e.g. {unexpected[:2]})",
+                               f"a complete Union {version} file", "download the file again")
+    module.load_state_dict(state, strict=True, assign=True)
+    module = module.eval().requires_grad_(False)
+    if storage in FP8_DTYPES:
+        from .transformer import store_in_fp8
+
+        store_in_fp8(module, storage, compute)
+    return ZImageControlNet(module, version, config["control_in_dim"], storage, compute, path)

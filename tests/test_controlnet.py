@@ -1,0 +1,228 @@
+"""Fun ControlNet Union: version detection, hints against diffusers, the reference's refiner hints,
+strength and range, inpaint input, image fitting, refusals."""
+
+import copy
+
+import pytest
+import torch
+from diffusers import ZImageControlNetModel
+from safetensors.torch import save_file
+
+from zimage_pack.loaders import demo_models as dm
+from zimage_pack.loaders.controlnet import load_controlnet
+from zimage_pack.loaders.errors import ZImageInputError
+from zimage_pack.loaders.transformer import load_transformer
+from zimage_pack.loaders.vae import load_vae
+from zimage_pack.samplers.control import ControlSpec, build_control_input, fit_image, forward_with_control
+from zimage_pack.samplers.latents import to_model_space
+from zimage_pack.samplers.turbo import sample
+
+VERSIONS = ["1.0", "2.0", "2.1", "2.1 lite"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("controlnets")
+    out = {v: dm.write_controlnet(dm.make_controlnet(v, seed=3), str(root / f"Z-Image-Turbo-Fun-Controlnet-Union-{v}.safetensors")) for v in VERSIONS}
+    # a transformer deep enough for the real hint places (30 layers), still tiny
+    out["transformer"] = dm.write_transformer(dm.make_transformer(seed=4, n_layers=30, n_refiner_layers=2), str(root / "z_image_30_layers.safetensors"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def transformer(files):
+    return load_transformer(files["transformer"])
+
+
+def _inputs(batch=1, h=6, w=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.randn(16, 1, h, w, generator=g) for _ in range(batch)]
+    caps = [torch.randn(5 + 3 * i, 32, generator=g) for i in range(batch)]
+    return x, torch.full((batch,), 0.3), caps
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_version_is_detected(files, version):
+    cnet = load_controlnet(files[version])
+    assert cnet.version == version
+    assert cnet.control_in_dim == (16 if version == "1.0" else 33)
+    assert len(cnet.module.control_layers_places) == {"1.0": 6, "2.0": 15, "2.1": 15, "2.1 lite": 3}[version]
+
+
+def test_orchestrated_forward_without_controls_is_the_transformer(transformer):
+    x, t, caps = _inputs(batch=2)
+    ours = forward_with_control(transformer.module, x, t, caps, [])
+    ref = transformer.module(x, t, caps, return_dict=False)[0]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, ref))
+
+
+def _reference_cnet(path, transformer):
+    ref = load_controlnet(path).module
+    ref.gradient_checkpointing = False  # diffusers' forward reads it; from_pretrained would have set it
+    return ZImageControlNetModel.from_transformer(ref, transformer.module)
+
+
+@pytest.mark.parametrize("version", ["1.0", "2.0", "2.1", "2.1 lite"])
+def test_hints_equal_diffusers_controlnet(files, transformer, version):
+    cnet = load_controlnet(files[version])
+    x, t, caps = _inputs(batch=2)
+    control = torch.randn(2, cnet.control_in_dim, 6, 4, generator=torch.Generator().manual_seed(7))
+    record = {}
+    forward_with_control(transformer.module, x, t, caps, [(cnet, control, 0.8)], record)
+    ref = _reference_cnet(files[version], transformer)(x, t, caps, list(control.unsqueeze(2).unbind(0)), conditioning_scale=0.8)
+    assert set(record["main"]) == set(ref)
+    err = max((record["main"][k] - ref[k]).abs().max().item() for k in ref)
+    assert err <= 1e-4, err
+    assert max(h.abs().max().item() for h in ref.values()) > 1e-3  # the hints are not trivially zero
+
+
+def test_v1_output_equals_diffusers_transformer_with_the_hints(files, transformer):
+    cnet = load_controlnet(files["1.0"])
+    x, t, caps = _inputs(batch=1)
+    control = torch.randn(1, 16, 6, 4, generator=torch.Generator().manual_seed(8))
+    ours = forward_with_control(transformer.module, x, t, caps, [(cnet, control, 0.75)])
+    hints = _reference_cnet(files["1.0"], transformer)(x, t, caps, list(control.unsqueeze(2).unbind(0)), conditioning_scale=0.75)
+    ref = transformer.module(x, t, caps, controlnet_block_samples=hints, return_dict=False)[0]
+    assert torch.allclose(ours[0], ref[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1", "2.1 lite"])
+def test_refiner_hints_go_into_the_main_noise_refiner(files, transformer, version):
+    """The reference adds 2.x's refiner hints into the main noise refiner; diffusers' pipeline does not.
+    diffusers' own transformer forward, with those hints added after its noise-refiner blocks (hooks)
+    and diffusers' ControlNet hints after the main layers, gives our output; without the hooks it differs."""
+    cnet = load_controlnet(files[version])
+    x, t, caps = _inputs(batch=1)
+    control = torch.randn(1, 33, 6, 4, generator=torch.Generator().manual_seed(9))
+    record = {}
+    ours = forward_with_control(transformer.module, x, t, caps, [(cnet, control, 0.9)], record)
+    (refiner_hints,) = record["refiner"]
+    assert set(refiner_hints) == {0, 1} and all(h.abs().max() > 1e-3 for h in refiner_hints.values())
+    hints = _reference_cnet(files[version], transformer)(x, t, caps, list(control.unsqueeze(2).unbind(0)), conditioning_scale=0.9)
+    diffusers_pipeline_way = transformer.module(x, t, caps, controlnet_block_samples=hints, return_dict=False)[0]
+    handles = [block.register_forward_hook(lambda mod, args, out, i=i: out + refiner_hints[i]) for i, block in enumerate(transformer.module.noise_refiner)]
+    try:
+        reference_way = transformer.module(x, t, caps, controlnet_block_samples=hints, return_dict=False)[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.allclose(ours[0], reference_way[0], atol=1e-4)
+    assert (ours[0] - diffusers_pipeline_way[0]).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def vae(model_files):
+    return load_vae(model_files["vae_bfl"])
+
+
+def _spec(cnet, vae, **kw):
+    image = torch.rand(1, 48, 32, 3, generator=torch.Generator().manual_seed(1))
+    return ControlSpec(controlnet=cnet, vae=vae, image=image, **{"strength": 0.8, **kw})
+
+
+def test_strength_zero_is_exactly_no_controlnet(files, transformer, vae):
+    features, latent = [torch.randn(5, 32)], torch.zeros(1, 16, 6, 4)
+    plain = sample(transformer, features, latent, seed=1, steps=3)
+    off = sample(transformer.with_control(_spec(load_controlnet(files["2.1"]), vae, strength=0.0)), features, latent, seed=1, steps=3)
+    on = sample(transformer.with_control(_spec(load_controlnet(files["2.1"]), vae)), features, latent, seed=1, steps=3)
+    assert torch.equal(plain, off) and (plain - on).abs().max() > 1e-3
+
+
+def test_steps_outside_the_range_are_unaffected(files, transformer, vae):
+    features, latent = [torch.randn(5, 32)], torch.zeros(1, 16, 6, 4)
+    seen = {"plain": [], "ranged": []}
+    sample(transformer, features, latent, seed=2, steps=8, on_step=lambda i, n, x0: seen["plain"].append(x0.clone()))
+    ranged = transformer.with_control(_spec(load_controlnet(files["1.0"]), vae, start=0.3, end=0.6))
+    sample(ranged, features, latent, seed=2, steps=8, on_step=lambda i, n, x0: seen["ranged"].append(x0.clone()))
+    # progress 1 - σ per step: 0, .05, .1, .17, .25 (before the range), .36, .5 (inside), .7 (after)
+    for i in range(5):
+        assert torch.equal(seen["plain"][i], seen["ranged"][i]), i
+    assert (seen["plain"][5] - seen["ranged"][5]).abs().max() > 1e-4
+
+
+def test_inpaint_input_is_built_like_the_reference(files, vae):
+    cnet = load_controlnet(files["2.1"])
+    image = torch.rand(1, 48, 32, 3, generator=torch.Generator().manual_seed(2))
+    inpaint = torch.rand(1, 48, 32, 3, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(1, 48, 32)
+    mask[:, :24] = 1.0  # repaint the top half
+    spec = ControlSpec(cnet, vae, image, 0.9, inpaint_image=inpaint, mask=mask)
+    built = build_control_input(spec, 1, 6, 4)
+    assert built.shape == (1, 33, 6, 4)
+    from zimage_pack.loaders.vae import encode
+
+    assert torch.allclose(built[:, :16], to_model_space(encode(vae, image)), atol=1e-5)
+    assert torch.equal(built[0, 16, :3], torch.zeros(3, 4)) and torch.equal(built[0, 16, 3:], torch.ones(3, 4))  # 1 - mask
+    greyed = inpaint.clone()
+    greyed[:, :24] = 0.5
+    assert torch.allclose(built[:, 17:], to_model_space(encode(vae, greyed)), atol=1e-5)
+    no_mask = build_control_input(ControlSpec(cnet, vae, image, 0.9), 1, 6, 4)
+    assert torch.equal(no_mask[:, 16], torch.zeros(1, 6, 4))
+    grey = torch.full((1, 48, 32, 3), 0.5)
+    assert torch.allclose(no_mask[:, 17:], to_model_space(encode(vae, grey)), atol=1e-5)
+
+
+def test_mask_changes_what_is_repainted(files, transformer, vae):
+    cnet = load_controlnet(files["2.1"])
+    features, latent = [torch.randn(5, 32)], torch.zeros(1, 16, 6, 4)
+    inpaint = torch.rand(1, 48, 32, 3, generator=torch.Generator().manual_seed(4))
+    top, bottom = torch.zeros(1, 48, 32), torch.zeros(1, 48, 32)
+    top[:, :24], bottom[:, 24:] = 1, 1
+    runs = [sample(transformer.with_control(ControlSpec(cnet, vae, None, 0.9, inpaint_image=inpaint, mask=m)), features, latent, seed=3, steps=2) for m in (top, bottom)]
+    assert (runs[0] - runs[1]).abs().max() > 1e-4
+
+
+def test_hint_image_of_another_size_and_batch(vae):
+    image = torch.rand(1, 30, 50, 3)
+    crop = fit_image(image, 48, 32, 3, "crop")
+    stretch = fit_image(image, 48, 32, 3, "stretch")
+    assert crop.shape == stretch.shape == (3, 48, 32, 3)
+    assert torch.equal(crop[0], crop[2]) and not torch.allclose(crop, stretch)
+    two = torch.rand(2, 48, 32, 3)
+    assert torch.equal(fit_image(two, 48, 32, 3, "stretch")[2], fit_image(two, 48, 32, 3, "stretch")[0])
+
+
+def test_controls_with_lora_and_the_two_step_sampler(files, transformer, vae, tmp_path):
+    from zimage_pack.loaders import demo_loras
+    from zimage_pack.loaders.lora_merge import prepare_lora
+    from zimage_pack.loaders.step_decoupled import StepSettings, from_models
+    from zimage_pack.samplers.two_step import sample_two_step
+
+    cnet = load_controlnet(files["2.1 lite"])
+    demo_loras.write_lora(transformer.module, str(tmp_path / "l.safetensors"), "ai-toolkit")
+    with_lora = transformer.with_lora(prepare_lora(transformer.module, str(tmp_path / "l.safetensors"), 1.0)[0])
+    controlled = with_lora.with_control(_spec(cnet, vae))
+    features, latent = [torch.randn(5, 32)], torch.zeros(2, 16, 6, 4)
+    a = sample_two_step(from_models(controlled, controlled), features * 2, latent, 5, StepSettings())[0]
+    b = sample_two_step(from_models(with_lora, with_lora), features * 2, latent, 5, StepSettings())[0]
+    assert a.shape == (2, 16, 6, 4) and (a - b).abs().max() > 1e-4
+    sample(transformer, features, latent[:1], seed=0, steps=1)  # LoRA removed again for later tests
+
+
+@pytest.mark.parametrize("kind", ["lora", "transformer", "sd_controlnet"])
+def test_other_files_are_refused(files, tmp_path, kind):
+    path = str(tmp_path / f"{kind}.safetensors")
+    if kind == "lora":
+        save_file({"diffusion_model.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 64)}, path)
+        expect = "LoRA"
+    elif kind == "transformer":
+        path = files["transformer"]
+        expect = "unknown model"
+    else:
+        save_file({"controlnet_cond_embedding.conv_in.weight": torch.zeros(4, 4), "input_blocks.0.0.weight": torch.zeros(4, 4)}, path)
+        expect = "Stable Diffusion"
+    with pytest.raises(ZImageInputError) as info:
+        load_controlnet(path)
+    assert expect.lower() in str(info.value).lower() and "How to fix" in str(info.value)
+
+
+def test_unknown_fun_layout_is_refused(files, tmp_path):
+    from safetensors.torch import load_file
+
+    state = load_file(files["2.1"])
+    state = {k: v for k, v in state.items() if not k.startswith(("control_layers.13.", "control_layers.14."))}
+    path = str(tmp_path / "odd.safetensors")
+    save_file(state, path)
+    with pytest.raises(ZImageInputError) as info:
+        load_controlnet(path)
+    assert "does not know" in str(info.value)
