@@ -39,6 +39,7 @@ class ZImageControlNet:
     storage_dtype: torch.dtype
     compute_dtype: torch.dtype
     source: str
+    offload: bool = False  # stream the control blocks from host memory (diffusers group offloading)
 
     @property
     def default_strength(self) -> float:
@@ -88,7 +89,7 @@ def detect_version(state: dict) -> tuple[str, dict]:
     return version, config
 
 
-def load_controlnet(path: str, weight_dtype: str | torch.dtype = "default") -> ZImageControlNet:
+def load_controlnet(path: str, weight_dtype: str | torch.dtype = "default", offload: bool = False) -> ZImageControlNet:
     requested = parse_weight_dtype(weight_dtype)
     require_file(path, WHAT)
     with open_safetensors(path, WHAT) as handle:
@@ -113,4 +114,4 @@ def load_controlnet(path: str, weight_dtype: str | torch.dtype = "default") -> Z
         from .transformer import store_in_fp8
 
         store_in_fp8(module, storage, compute)
-    return ZImageControlNet(module, version, config["control_in_dim"], storage, compute, path)
+    return ZImageControlNet(module, version, config["control_in_dim"], storage, compute, path, offload)

@@ -39,9 +39,10 @@ def _free_bytes(device: torch.device) -> int | None:
     return None  # unknown: the CPU and MPS share host memory
 
 
-def place(module: torch.nn.Module, device: torch.device, make_room: Callable[[int, torch.device], None] | None = None) -> torch.nn.Module:
-    """Move ``module`` to ``device``, first moving the pack's other models off it if room is short,
-    then asking the host (ComfyUI) to free what it holds."""
+def place(module: torch.nn.Module, device: torch.device, make_room: Callable[[int, torch.device], None] | None = None,
+          keep: tuple = ()) -> torch.nn.Module:
+    """Move ``module`` to ``device``, first moving the pack's other models (except ``keep``: those
+    the same step needs) off it if room is short, then asking the host (ComfyUI) to free what it holds."""
     if device_of(module) == device:
         return module
     if device.type == "mps" and any(p.dtype in FP8_DTYPES for p in module.parameters()):
@@ -54,7 +55,7 @@ def place(module: torch.nn.Module, device: torch.device, make_room: Callable[[in
         free = _free_bytes(device)
         if free is not None and free < need:
             for other in list(_resident.values()):
-                if other is not module:
+                if other is not module and not any(other is k for k in keep):
                     offload(other)
         if make_room is not None:
             make_room(need, device)

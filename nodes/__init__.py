@@ -2,6 +2,7 @@
 
 from .image_nodes import ZImageVAEDecode, ZImageVAEEncode
 from .two_step_nodes import ZImageSaveStepBundle, ZImageStepBundleLoader, ZImageTwoStepModel, ZImageTwoStepSampler
+from .control_nodes import ZImageCanny, ZImageControlNetApply, ZImageControlNetLoader, ZImageGray, ZImageScribble
 from .lora_nodes import ZImageLoraLoader, ZImageLoraStack
 from .loader_nodes import ZImageTextEncoderLoader, ZImageTransformerLoader, ZImageVAELoader
 from .sampling_nodes import ZImageEmptyLatent, ZImageTextEncode, ZImageTurboSampler
@@ -21,6 +22,11 @@ NODE_CLASS_MAPPINGS = {
     "ZImageStepBundleLoader": ZImageStepBundleLoader,
     "ZImageSaveStepBundle": ZImageSaveStepBundle,
     "ZImageTwoStepSampler": ZImageTwoStepSampler,
+    "ZImageControlNetLoader": ZImageControlNetLoader,
+    "ZImageControlNetApply": ZImageControlNetApply,
+    "ZImageCanny": ZImageCanny,
+    "ZImageGray": ZImageGray,
+    "ZImageScribble": ZImageScribble,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -38,4 +44,9 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ZImageStepBundleLoader": "Z-Image 2-Step Bundle Loader",
     "ZImageSaveStepBundle": "Z-Image Save 2-Step Bundle",
     "ZImageTwoStepSampler": "Z-Image 2-Step Sampler",
+    "ZImageControlNetLoader": "Z-Image ControlNet Loader (Fun Union)",
+    "ZImageControlNetApply": "Z-Image Apply ControlNet",
+    "ZImageCanny": "Z-Image Canny",
+    "ZImageGray": "Z-Image Gray",
+    "ZImageScribble": "Z-Image Scribble",
 }

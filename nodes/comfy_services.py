@@ -106,10 +106,42 @@ def make_room(need_bytes: int, device: torch.device) -> None:
         _mm.free_memory(need_bytes, device)
 
 
-def to_compute_device(module: torch.nn.Module) -> torch.device:
+def to_compute_device(module: torch.nn.Module, keep: tuple = ()) -> torch.device:
     device = compute_device()
-    residency.place(module, device, make_room)
+    residency.place(module, device, make_room, keep)
     return device
+
+
+def enable_offload(cnet, device: torch.device) -> None:
+    """diffusers' group offloading at leaf level: each layer of the control branch is brought to the
+    device when it runs (prefetched on a side stream on CUDA). Leaf level, because the pack calls the
+    control blocks one by one and never the ControlNet's own forward, where block-level offloading
+    would load the remaining parts."""
+    if getattr(cnet.module, "_zimage_group_offload", None) == device:
+        return
+    cnet.module.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
+                                     use_stream=device.type == "cuda")
+    cnet.module._zimage_group_offload = device
+
+
+def prepare_model_for_sampling(model, batch: int, height: int, width: int) -> torch.device:
+    """Everything one sampling run needs on the compute device: ControlNet hint latents first (the VAE
+    visits the device alone), then the ControlNets (streamed block by block from the host when loaded
+    with offload), then the transformer."""
+    controls = getattr(model, "controls", ())
+    for spec in controls:
+        to_compute_device(spec.vae.model)
+        spec.control_latents(batch, height, width, torch.device("cpu"), torch.float32)
+    device = compute_device()
+    resident = []
+    for spec in controls:
+        cnet = spec.controlnet
+        if cnet.offload and device.type != "cpu":
+            enable_offload(cnet, device)
+        else:
+            to_compute_device(cnet.module, keep=tuple(resident))
+            resident.append(cnet.module)
+    return to_compute_device(model.module, keep=tuple(resident))
 
 
 def check_interrupt() -> None:

@@ -110,7 +110,9 @@ class ZImageTwoStepSampler:
         settings = step_model.settings if (use_bundle_settings and step_model.settings is not None) else StepSettings(sigma_mid, shift, step2_rule)
         settings.check()
         features = features_from_conditioning(positive, step_model.cap_feat_dim, samples.shape[0], "positive")
-        device = services.to_compute_device(step_model.module)
+        device = services.prepare_model_for_sampling(step_model.steps[0], samples.shape[0], samples.shape[2], samples.shape[3])
+        for view in step_model.steps[1:]:
+            services.prepare_model_for_sampling(view, samples.shape[0], samples.shape[2], samples.shape[3])
         final, step1 = sample_two_step(step_model, features, samples, seed, settings, denoise,
                                        on_step=services.Progress(2, device), check_interrupt=services.check_interrupt)
         return ({"samples": final}, {"samples": step1})

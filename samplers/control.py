@@ -119,13 +119,17 @@ def _run_hints(cnet, control: torch.Tensor, x_in, x_mask, x_freqs, adaln, seqlen
 
 
 def _main_hints(cnet, tokens, unified, unified_mask, unified_freqs, adaln, cap, x_seqlens, cap_seqlens, scale):
+    """Yields (main layer index, hint) in order, one control layer at a time: only the control
+    state and the current hint are alive (holding all 15 hints would cost ~0.5 GiB at 1024²).
+    diffusers' ZImageControlTransformerBlock stacks every skip so far with the state; only the
+    newest skip and the state are kept here, which gives the same hints."""
     module = cnet.module
-    seq = pad_sequence([torch.cat([tokens[i][:x_len], cap[i][:c_len]]) for i, (x_len, c_len) in enumerate(zip(x_seqlens, cap_seqlens))],
-                       batch_first=True, padding_value=0.0)
-    for layer in module.control_layers:
-        seq = layer(seq, unified, unified_mask, unified_freqs, adaln)
-    states = torch.unbind(seq)[:-1]
-    return {place: states[i] * scale for i, place in enumerate(module.control_layers_places)}
+    state = pad_sequence([torch.cat([tokens[i][:x_len], cap[i][:c_len]]) for i, (x_len, c_len) in enumerate(zip(x_seqlens, cap_seqlens))],
+                         batch_first=True, padding_value=0.0)
+    for place, layer in zip(module.control_layers_places, module.control_layers):
+        stacked = layer(state if layer.block_id == 0 else state[None], unified, unified_mask, unified_freqs, adaln)
+        hint, state = stacked[-2], stacked[-1]
+        yield place, hint * scale
 
 
 def _full_mask(seqlens, device):
@@ -168,25 +172,18 @@ def forward_with_control(m, x_list: list[torch.Tensor], t: torch.Tensor, cap_fea
     unified, unified_freqs, unified_mask, _ = m._build_unified_sequence(
         x, x_freqs, x_seqlens, None, cap, cap_freqs, cap_seqlens, None, None, None, None, None, False, device)
     unified_mask_full = _full_mask([a + b for a, b in zip(x_seqlens, cap_seqlens)], device)
-    hints: dict[int, torch.Tensor] = {}
-    for cnet, _, tokens, scale in branches:
-        for place, hint in _main_hints(cnet, tokens, unified, unified_mask_full, unified_freqs, adaln, cap, x_seqlens, cap_seqlens, scale).items():
-            hints[place] = hints[place] + hint if place in hints else hint
-
+    streams = [_main_hints(cnet, tokens, unified, unified_mask_full, unified_freqs, adaln, cap, x_seqlens, cap_seqlens, scale)
+               for cnet, _, tokens, scale in branches]
+    pending = [next(s, None) for s in streams]  # each ControlNet's next (place, hint)
     if record is not None:
-        record["main"] = hints
+        record["main"] = {}
     for i, layer in enumerate(m.layers):
         unified = layer(unified, unified_mask, unified_freqs, adaln)
-        if i in hints:
-            unified = unified + hints[i]
+        for k, item in enumerate(pending):
+            if item is not None and item[0] == i:
+                unified = unified + item[1]
+                if record is not None:
+                    record["main"][i] = record["main"].get(i, 0) + item[1]
+                pending[k] = next(streams[k], None)
     unified = m.all_final_layer[PATCH](unified, c=adaln)
     return m.unpatchify(list(unified.unbind(dim=0)), x_size, 2, 1, None)
-
-
-def check_controls_fit(controls, n_layers: int, dim: int) -> None:
-    for spec in controls:
-        module = spec.controlnet.module
-        if module.config.dim != dim:
-            raise ZImageInputError("controlnet", f"a ControlNet of width {module.config.dim}", f"width {dim}, the transformer's", "use a Z-Image Fun ControlNet with this Z-Image model")
-        if max(module.control_layers_places) >= n_layers:
-            raise ZImageInputError("controlnet", f"hints for layers up to {max(module.control_layers_places)}", f"a transformer with more than that ({n_layers} layers)", "use the full Z-Image transformer")

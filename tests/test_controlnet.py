@@ -226,3 +226,74 @@ def test_unknown_fun_layout_is_refused(files, tmp_path):
     with pytest.raises(ZImageInputError) as info:
         load_controlnet(path)
     assert "does not know" in str(info.value)
+
+
+def test_canny_finds_a_step_edge_and_nothing_else():
+    from zimage_pack.samplers.preprocess import canny
+
+    image = torch.zeros(1, 32, 32, 3)
+    image[:, :, 16:] = 1.0
+    edges = canny(image, 0.2, 0.5)
+    assert edges.shape == (1, 32, 32, 3) and set(edges.unique().tolist()) <= {0.0, 1.0}
+    columns = edges[0, :, :, 0].sum(0)
+    assert columns[15:17].sum() >= 32 and columns[:13].sum() == 0 and columns[19:].sum() == 0
+    with pytest.raises(ZImageInputError):
+        canny(image, 0.6, 0.5)
+
+
+def test_gray_and_scribble():
+    from zimage_pack.samplers.preprocess import gray, scribble
+
+    image = torch.tensor([[[[1.0, 0.0, 0.0], [0.1, 0.1, 0.1]]]])
+    g = gray(image)
+    assert torch.allclose(g[0, 0, 0], torch.full((3,), 0.299)) and torch.allclose(g[0, 0, 1], torch.full((3,), 0.1))
+    s = scribble(image, 0.2)
+    assert torch.equal(s[0, 0, 0], torch.zeros(3)) and torch.equal(s[0, 0, 1], torch.ones(3))
+
+
+def test_apply_node_errors_and_input_model_unchanged(files, transformer, vae):
+    from zimage_pack.nodes.control_nodes import ZImageControlNetApply
+
+    v1, v21 = load_controlnet(files["1.0"]), load_controlnet(files["2.1"])
+    image = torch.rand(1, 48, 32, 3)
+    node = ZImageControlNetApply()
+    with pytest.raises(ZImageInputError) as info:
+        node.apply(transformer, v1, vae)
+    assert "hint image" in str(info.value)
+    with pytest.raises(ZImageInputError) as info:
+        node.apply(transformer, v1, vae, image=image, inpaint_image=image)
+    assert "2.x" in str(info.value)
+    with pytest.raises(ZImageInputError):
+        node.apply(transformer, v21, vae, start_percent=0.8, end_percent=0.2, image=image)
+    (depth,) = node.apply(transformer, v21, vae, image=image)
+    (both,) = node.apply(depth, v1, vae, strength=0.5, image=image)
+    assert transformer.controls == () and len(both.controls) == 2
+    assert both.controls[0].strength == 0.9 and both.controls[1].strength == 0.5  # version default, then explicit
+    features, latent = [torch.randn(5, 32)], torch.zeros(1, 16, 6, 4)
+    stacked = sample(both, features, latent, seed=1, steps=2)
+    single = sample(depth, features, latent, seed=1, steps=2)
+    assert (stacked - single).abs().max() > 1e-4
+
+
+def test_fp8_controlnet_keeps_fp8(files, transformer):
+    cnet = load_controlnet(files["2.1"], "fp8_e4m3fn")
+    assert cnet.module.control_layers[0].attention.to_q.weight.dtype == torch.float8_e4m3fn
+    x, t, caps = _inputs()
+    control = torch.randn(1, 33, 6, 4)
+    bf16_model = copy.deepcopy(transformer.module).to(torch.bfloat16)
+    out = forward_with_control(bf16_model, [xi.bfloat16() for xi in x], t, [c.bfloat16() for c in caps], [(cnet, control.bfloat16(), 0.9)])
+    assert torch.isfinite(out[0].float()).all()
+
+
+def test_offloaded_controlnet_gives_the_same_hints(files, transformer):
+    """Group offloading (leaf level) fires on the blocks the pack calls one by one (CPU as the onload device here)."""
+    from zimage_pack.nodes.comfy_services import enable_offload
+
+    x, t, caps = _inputs()
+    control = torch.randn(1, 33, 6, 4, generator=torch.Generator().manual_seed(3))
+    plain = forward_with_control(transformer.module, x, t, caps, [(load_controlnet(files["2.1"]), control, 0.9)])
+    offloaded = load_controlnet(files["2.1"], offload=True)
+    enable_offload(offloaded, torch.device("cpu"))
+    hooked = forward_with_control(transformer.module, x, t, caps, [(offloaded, control, 0.9)])
+    assert torch.allclose(plain[0], hooked[0], atol=1e-6)
+    assert offloaded.module.control_layers[0].attention.to_q._diffusers_hook is not None

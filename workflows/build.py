@@ -103,11 +103,73 @@ def two_step_vs_eight_step() -> list[Node]:
     ]
 
 
+CONTROLNET_FILE = "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors"
+TILE_CONTROLNET_FILE = "Z-Image-Turbo-Fun-Controlnet-Tile-2.1.safetensors"
+CONTROL_IMAGES = {"canny": "canny_source.png", "depth": "depth_map.png", "pose": "pose_map.png", "inpaint": "inpaint_source.png", "tile": "tile_lowres.png"}
+CONTROL_NOTE = (
+    "Z-Image-Turbo with a Fun ControlNet Union ({what}).\n\n"
+    "models/model_patches/{file}\n(1.0, 2.0, 2.1, 2.1 lite and Tile all load; the version is detected from the file; "
+    "on 12-16 GB cards load it as fp8_e4m3fn).\n\n"
+    "strength -1 = the version's default. {extra}"
+)
+
+
+def _controlled(kind: str, what: str, extra: str, hint: list[Node], apply_inputs: dict, control_file: str = CONTROLNET_FILE,
+                latent: tuple | None = None, denoise: float = 1.0, extra_nodes: list[Node] = ()) -> list[Node]:
+    nodes = [n for n in text_to_image() if n.class_type != "Note"]
+    sampler = next(n for n in nodes if n.class_type == "ZImageTurboSampler")
+    sampler.inputs.update(model=(21, 0), denoise=denoise)
+    if latent is not None:
+        sampler.inputs["latent_image"] = latent
+        nodes = [n for n in nodes if n.class_type != "ZImageEmptyLatent"]
+    next(n for n in nodes if n.class_type == "SaveImage").inputs["filename_prefix"] = f"z-image-{kind}"
+    return nodes + [
+        Node(9, "Note", {"text": CONTROL_NOTE.format(what=what, file=control_file, extra=extra)}, "Read me", pos=(-380, 40), size=(340, 300)),
+        Node(20, "ZImageControlNetLoader", {"controlnet_name": control_file, "weight_dtype": "default", "offload": False}, pos=(0, -330), size=(340, 90)),
+        Node(22, "LoadImage", {"image": CONTROL_IMAGES[kind]}, "Control image", pos=(-380, -420), size=(340, 330)),
+        *hint, *extra_nodes,
+        Node(21, "ZImageControlNetApply", {"model": (1, 0), "controlnet": (20, 0), "vae": (3, 0), "strength": -1.0, "start_percent": 0.0,
+                                           "end_percent": 1.0, "resize": "crop", **apply_inputs}, pos=(380, -420), size=(340, 260)),
+    ]
+
+
+def controlnet_canny() -> list[Node]:
+    return _controlled("canny", "canny edges", "The Canny node makes the edge map from any photo.",
+                       [Node(23, "ZImageCanny", {"image": (22, 0), "low_threshold": 0.2, "high_threshold": 0.5}, pos=(0, -200), size=(300, 100))],
+                       {"image": (23, 0)})
+
+
+def controlnet_depth() -> list[Node]:
+    return _controlled("depth", "depth map", "Load a depth map made by a depth preprocessor pack (e.g. Depth Anything in comfyui_controlnet_aux).", [], {"image": (22, 0)})
+
+
+def controlnet_pose() -> list[Node]:
+    return _controlled("pose", "pose map", "Load an OpenPose / DWPose skeleton image (e.g. from comfyui_controlnet_aux).", [], {"image": (22, 0)})
+
+
+def controlnet_inpaint() -> list[Node]:
+    return _controlled("inpaint", "inpainting", "The image's transparent area (paint it with the mask editor) is repainted; needs a 2.x file.",
+                       [], {"inpaint_image": (22, 0), "mask": (22, 1)})
+
+
+def controlnet_tile_upscale() -> list[Node]:
+    return _controlled(
+        "tile", "tile upscale", "The low-res image is scaled up, encoded and re-noised (denoise 0.65); the Tile ControlNet keeps it on the original.",
+        [], {"image": (22, 0), "resize": "stretch"}, control_file=TILE_CONTROLNET_FILE, latent=(25, 0), denoise=0.65,
+        extra_nodes=[Node(24, "ImageScale", {"image": (22, 0), "upscale_method": "lanczos", "width": 1024, "height": 1024, "crop": "center"}, pos=(0, -200), size=(300, 130)),
+                     Node(25, "ZImageVAEEncode", {"vae": (3, 0), "pixels": (24, 0), "tile_size": 0}, pos=(380, 380), size=(260, 100))])
+
+
 WORKFLOWS = {
     "z_image_turbo_text_to_image": text_to_image,
     "z_image_turbo_lora_stack": text_to_image_with_loras,
     "z_image_turbo_2step": two_step,
     "z_image_2step_vs_8step": two_step_vs_eight_step,
+    "z_image_controlnet_canny": controlnet_canny,
+    "z_image_controlnet_depth": controlnet_depth,
+    "z_image_controlnet_pose": controlnet_pose,
+    "z_image_controlnet_inpaint": controlnet_inpaint,
+    "z_image_controlnet_tile_upscale": controlnet_tile_upscale,
 }
 
 

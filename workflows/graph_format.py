@@ -38,6 +38,8 @@ def widget_names(input_types: dict) -> list[str]:
                 options = spec[1] if len(spec) > 1 else {}
                 if options.get("control_after_generate"):
                     names.append(f"{name}::control_after_generate")
+                if options.get("image_upload"):
+                    names.append(f"{name}::upload")
     return names
 
 
@@ -94,6 +96,8 @@ def to_ui(nodes: list[Node], classes: dict) -> dict:
         for name in widget_names(types):
             if name.endswith("::control_after_generate"):
                 values.append("fixed")
+            elif name.endswith("::upload"):
+                values.append("image")
             else:
                 spec = types.get("required", {}).get(name) or types.get("optional", {}).get(name)
                 values.append(node.inputs.get(name, spec[1].get("default") if len(spec) > 1 else None))

@@ -96,7 +96,7 @@ def ui_to_api(workflow: dict, classes: dict | None = None) -> dict:
             values = list(node.get("widgets_values", []))
             if len(values) != len(names):
                 raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widget values for widgets {names}")
-            inputs.update({n: v for n, v in zip(names, values) if not n.endswith("::control_after_generate")})
+            inputs.update({n: v for n, v in zip(names, values) if "::" not in n})
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
                 link = links[slot["link"]]

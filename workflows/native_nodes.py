@@ -69,4 +69,44 @@ class PreviewAny:
         return {"ui": {"text": [text]}, "result": (text,)}
 
 
-NATIVE_NODE_CLASS_MAPPINGS = {"SaveImage": SaveImage, "EmptySD3LatentImage": EmptySD3LatentImage, "PreviewAny": PreviewAny}
+class LoadImage:
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+    CATEGORY = "image"
+    input_dir = os.path.join(os.getcwd(), "input")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = sorted(f for f in os.listdir(cls.input_dir) if os.path.isfile(os.path.join(cls.input_dir, f))) if os.path.isdir(cls.input_dir) else []
+        return {"required": {"image": (files, {"image_upload": True})}}
+
+    def load_image(self, image):
+        picture = Image.open(os.path.join(self.input_dir, image))
+        rgb = torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)[None]
+        if "A" in picture.getbands():
+            mask = 1.0 - torch.from_numpy(np.asarray(picture.getchannel("A"), dtype=np.float32) / 255.0)[None]
+        else:
+            mask = torch.zeros(1, 64, 64)
+        return (rgb, mask)
+
+
+class ImageScale:
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+    CATEGORY = "image/upscaling"
+    upscale_methods = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "upscale_method": (cls.upscale_methods,),
+                             "width": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                             "height": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                             "crop": (["disabled", "center"],)}}
+
+    def upscale(self, image, upscale_method, width, height, crop):
+        mode = {"nearest-exact": "nearest-exact", "area": "area"}.get(upscale_method, "bilinear")
+        scaled = torch.nn.functional.interpolate(image.movedim(-1, 1), size=(height, width), mode=mode)
+        return (scaled.movedim(1, -1).clamp(0, 1),)
+
+
+NATIVE_NODE_CLASS_MAPPINGS = {"LoadImage": LoadImage, "ImageScale": ImageScale, "SaveImage": SaveImage, "EmptySD3LatentImage": EmptySD3LatentImage, "PreviewAny": PreviewAny}
