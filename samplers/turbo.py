@@ -95,7 +95,6 @@ def sample(
         raise ZImageInputError("positive", f"{len(features)} prompt features", f"{latent.shape[0]} (one per latent)", "encode one prompt per image, or one for all")
     if sigmas is None:
         sigmas = turbo_sigmas(steps, shift, denoise)
-    module = transformer.module
     prepare_weights(transformer)
     device = transformer.device
     if noise is None:
