@@ -125,17 +125,17 @@ def _controlled(kind: str, what: str, extra: str, hint: list[Node], apply_inputs
     next(n for n in nodes if n.class_type == "SaveImage").inputs["filename_prefix"] = f"z-image-{kind}"
     return nodes + [
         Node(9, "Note", {"text": CONTROL_NOTE.format(what=what, file=control_file, extra=extra)}, "Read me", pos=(-380, 40), size=(340, 300)),
-        Node(20, "ZImageControlNetLoader", {"controlnet_name": control_file, "weight_dtype": "default", "offload": False}, pos=(0, -330), size=(340, 90)),
-        Node(22, "LoadImage", {"image": CONTROL_IMAGES[kind]}, "Control image", pos=(-380, -420), size=(340, 330)),
+        Node(20, "ZImageControlNetLoader", {"controlnet_name": control_file, "weight_dtype": "default", "offload": False}, pos=(0, -560), size=(340, 130)),
+        Node(22, "LoadImage", {"image": CONTROL_IMAGES[kind]}, "Control image", pos=(-380, -560), size=(340, 420)),
         *hint, *extra_nodes,
         Node(21, "ZImageControlNetApply", {"model": (1, 0), "controlnet": (20, 0), "vae": (3, 0), "strength": -1.0, "start_percent": 0.0,
-                                           "end_percent": 1.0, "resize": "crop", **apply_inputs}, pos=(380, -420), size=(340, 260)),
+                                           "end_percent": 1.0, "resize": "crop", **apply_inputs}, pos=(400, -560), size=(340, 320)),
     ]
 
 
 def controlnet_canny() -> list[Node]:
     return _controlled("canny", "canny edges", "The Canny node makes the edge map from any photo.",
-                       [Node(23, "ZImageCanny", {"image": (22, 0), "low_threshold": 0.2, "high_threshold": 0.5}, pos=(0, -200), size=(300, 100))],
+                       [Node(23, "ZImageCanny", {"image": (22, 0), "low_threshold": 0.2, "high_threshold": 0.5}, pos=(0, -380), size=(340, 130))],
                        {"image": (23, 0)})
 
 
@@ -156,7 +156,7 @@ def controlnet_tile_upscale() -> list[Node]:
     return _controlled(
         "tile", "tile upscale", "The low-res image is scaled up, encoded and re-noised (denoise 0.65); the Tile ControlNet keeps it on the original.",
         [], {"image": (22, 0), "resize": "stretch"}, control_file=TILE_CONTROLNET_FILE, latent=(25, 0), denoise=0.65,
-        extra_nodes=[Node(24, "ImageScale", {"image": (22, 0), "upscale_method": "lanczos", "width": 1024, "height": 1024, "crop": "center"}, pos=(0, -200), size=(300, 130)),
+        extra_nodes=[Node(24, "ImageScale", {"image": (22, 0), "upscale_method": "lanczos", "width": 1024, "height": 1024, "crop": "center"}, pos=(0, -380), size=(340, 170)),
                      Node(25, "ZImageVAEEncode", {"vae": (3, 0), "pixels": (24, 0), "tile_size": 0}, pos=(380, 380), size=(260, 100))])
 
 
