@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ZImageInputError
+from .module_state import attached
 from .lora_files import LoraFile, Target, delta_shape, group_delta, looks_like_other_family, lora_factors, read_lora, resolve, target_table
 
 log = logging.getLogger("zimage")
@@ -102,11 +103,7 @@ class _MergeState:
 
 
 def merge_state(module: torch.nn.Module) -> _MergeState:
-    state = getattr(module, "_zimage_lora_state", None)
-    if state is None:
-        state = _MergeState()
-        module._zimage_lora_state = state
-    return state
+    return attached(module, "_zimage_lora_state", _MergeState)
 
 
 def sync_lora_stack(module: torch.nn.Module, stack: tuple[LoraPatch, ...]) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .lora_merge import sync_lora_stack
+from .module_state import attached
 
 
 @dataclass(eq=False)
@@ -37,11 +38,7 @@ class _SwapState:
 
 
 def swap_state(module: torch.nn.Module) -> _SwapState:
-    state = getattr(module, "_zimage_swap_state", None)
-    if state is None:
-        state = _SwapState()
-        module._zimage_swap_state = state
-    return state
+    return attached(module, "_zimage_swap_state", _SwapState)
 
 
 def host_copy(tensor: torch.Tensor) -> torch.Tensor:
