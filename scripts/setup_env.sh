@@ -10,7 +10,11 @@ PY="$VENV/bin/python"
 if ! "$PY" -c "import torch" 2>/dev/null; then
   # The CPU build of torch first: a plain 'torch' requirement would pull a multi-GB CUDA build.
   # On a machine with a GPU, install the torch build you want before running this.
-  "$PY" -m pip install -q "torch==${ZIMAGE_TORCH_VERSION:-2.13.0}" || "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+  if ! "$PY" -m pip install -q "torch==${ZIMAGE_TORCH_VERSION:-2.13.0}"; then
+    echo "Could not install torch ${ZIMAGE_TORCH_VERSION:-2.13.0}: install the torch build for your machine into $VENV first" \
+         "(or set ZIMAGE_TORCH_VERSION), then run this again." >&2
+    exit 1
+  fi
 fi
 if ! "$PY" -c "import zimage_pack, diffusers, transformers, pytest" 2>/dev/null; then
   "$PY" -m pip install -q -e "$ROOT[test]"
