@@ -78,7 +78,7 @@ def from_models(step1: ZImageTransformer, step2: ZImageTransformer) -> StepDecou
     other = dict(step2.module.state_dict())
     _check_same_shapes(own, other, "step2_model", "step1_model")
     differing = {name: host_copy(t) for name, t in other.items() if not torch.equal(t, own[name].to(t.device))}
-    view2 = replace(step1, param_set=ParamSet(differing, os.path.basename(step2.source)), lora_stack=step2.lora_stack)
+    view2 = replace(step1, param_set=ParamSet(differing, os.path.basename(step2.source)), lora_stack=step2.lora_stack, controls=step2.controls)
     return StepDecoupledModel((step1, view2), source=f"{step1.source} + {step2.source}")
 
 
