@@ -297,3 +297,15 @@ def test_offloaded_controlnet_gives_the_same_hints(files, transformer):
     hooked = forward_with_control(transformer.module, x, t, caps, [(offloaded, control, 0.9)])
     assert torch.allclose(plain[0], hooked[0], atol=1e-6)
     assert offloaded.module.control_layers[0].attention.to_q._diffusers_hook is not None
+
+
+def test_controlnet_with_cfg_batch(files, transformer, vae):
+    """CFG doubles the batch: the control input is repeated for the negative half."""
+    from zimage_pack.samplers.turbo import Guidance
+
+    spec = _spec(load_controlnet(files["2.1 lite"]), vae)
+    features, latent = [torch.randn(5, 32), torch.randn(4, 32)], torch.zeros(2, 16, 6, 4)
+    guidance = Guidance(cfg=3.0, negative=[torch.randn(3, 32), torch.randn(3, 32)])
+    with_cfg = sample(transformer.with_control(spec), features, latent, seed=1, steps=2, guidance=guidance)
+    without = sample(transformer, features, latent, seed=1, steps=2, guidance=guidance)
+    assert with_cfg.shape == (2, 16, 6, 4) and (with_cfg - without).abs().max() > 1e-4

@@ -208,3 +208,18 @@ def test_module_holds_one_step_set_at_a_time(model_files, step2_file):
     assert state.own_on_host[name].data_ptr() == own  # step 1's tensor waits on the host, not beside step 2's
     prepare_weights(model.steps[0])
     assert base.module.get_parameter(name).data_ptr() == own and state.own_on_host == {}
+
+
+def test_interrupt_between_the_two_steps(model_files):
+    model = load_transformer(model_files["comfy"])
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        raise KeyboardInterrupt("Processing interrupted")
+
+    with pytest.raises(KeyboardInterrupt):
+        sample_two_step(from_models(model, model), FEATURES, LATENT, 1, StepSettings(), check_interrupt=interrupt)
+    assert calls == [1]
+    final, _ = sample_two_step(from_models(model, model), FEATURES, LATENT, 1, StepSettings())
+    assert torch.isfinite(final).all()
