@@ -12,7 +12,6 @@ ControlNet in fp8 (bf16 compute).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 

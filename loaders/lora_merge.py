@@ -20,7 +20,7 @@ import torch
 
 from .errors import ZImageInputError
 from .module_state import attached
-from .lora_files import LoraFile, Target, delta_shape, group_delta, looks_like_other_family, lora_factors, read_lora, resolve, target_table
+from .lora_files import WHAT, LoraFile, Target, delta_shape, group_delta, looks_like_other_family, lora_factors, read_lora, resolve, target_table
 
 log = logging.getLogger("zimage")
 
@@ -82,15 +82,12 @@ def prepare_lora(module: torch.nn.Module, path: str, strength: float) -> tuple[L
         keys = [k for g in lora.groups for k in g.source_keys] + lora.unknown_keys
         other = looks_like_other_family(keys)
         found = f"'{lora.name}' looks like {other}" if other else f"'{lora.name}' with no key that matches a Z-Image layer (e.g. {keys[:2]})"
-        raise ZImageInputError(WHAT_LORA, found, "a LoRA trained for Z-Image (Turbo or Base)", "pick a Z-Image LoRA; LoRAs of other model families do not apply")
+        raise ZImageInputError(WHAT, found, "a LoRA trained for Z-Image (Turbo or Base)", "pick a Z-Image LoRA; LoRAs of other model families do not apply")
     stat = os.stat(path)
     patch = LoraPatch((os.path.abspath(path), stat.st_size, stat.st_mtime_ns), float(strength), lora, tuple(resolved))
     report = LoraReport(lora.name, lora.format, applied, not_applied)
     log.info("Z-Image LoRA %s", report.text())
     return patch, report
-
-
-WHAT_LORA = "LoRA file"
 
 
 class _MergeState:
@@ -183,8 +180,4 @@ def _restore(module, state: _MergeState, names: set[str]) -> None:
         param.data = original if param.device == original.device else original.to(param.device)
 
 
-def remove_all(module: torch.nn.Module) -> None:
-    sync_lora_stack(module, ())
-
-
-__all__ = ["LoraPatch", "LoraReport", "Target", "prepare_lora", "sync_lora_stack", "remove_all", "merge_state"]
+__all__ = ["LoraPatch", "LoraReport", "Target", "prepare_lora", "sync_lora_stack", "merge_state"]
