@@ -20,6 +20,7 @@ import torch
 
 from .errors import ZImageInputError
 from .module_state import attached
+from .quantized import ComputePatch, QuantizedLinear
 from .lora_files import WHAT, LoraFile, Target, delta_shape, group_delta, looks_like_other_family, lora_factors, read_lora, resolve, target_table
 
 log = logging.getLogger("zimage")
@@ -59,7 +60,6 @@ def prepare_lora(module: torch.nn.Module, path: str, strength: float) -> tuple[L
     """Read a LoRA file and resolve every key against ``module``; nothing is changed yet."""
     lora = read_lora(path)
     table = target_table(module)
-    params = dict(module.named_parameters())
     resolved, applied, not_applied = [], [], [(k, "unrecognised tensor name") for k in lora.unknown_keys]
     for group in lora.groups:
         targets = resolve(group, table)
@@ -69,8 +69,8 @@ def prepare_lora(module: torch.nn.Module, path: str, strength: float) -> tuple[L
         elif targets is None:
             reason = "no Z-Image layer of that name"
         else:
-            rows = sum((t.rows[1] - t.rows[0]) if t.rows else params[t.param].shape[0] for t in targets)
-            want = (rows, params[targets[0].param].shape[1])
+            rows = sum((t.rows[1] - t.rows[0]) if t.rows else _weight_shape(module, t.param)[0] for t in targets)
+            want = (rows, _weight_shape(module, targets[0].param)[1])
             if tuple(delta_shape(group)) != want:
                 reason = f"shape {tuple(delta_shape(group))} does not fit the model's {want} (a LoRA for another model size?)"
         if reason:
@@ -96,6 +96,7 @@ class _MergeState:
     def __init__(self):
         self.applied: list[LoraPatch] = []
         self.originals: dict[str, torch.Tensor] = {}
+        self.compute_patched: set[str] = set()  # quantised layers patched at compute time
         self.weights_written = 0  # for tests and benchmarks
 
 
@@ -125,9 +126,14 @@ def sync_lora_stack(module: torch.nn.Module, stack: tuple[LoraPatch, ...]) -> No
             _apply(module, state, patch)
             state.applied.append(patch)
     except BaseException:
-        _restore(module, state, set(state.originals))
+        _restore(module, state, set(state.originals) | state.compute_patched)
         state.applied = []
         raise
+
+
+def _weight_shape(module: torch.nn.Module, param: str) -> tuple[int, int]:
+    """The logical [out, in] of a Linear weight (a quantised layer stores other shapes)."""
+    return tuple(module.get_submodule(param.rpartition(".")[0]).weight.shape)
 
 
 def _apply(module, state: _MergeState, patch: LoraPatch, only: set[str] | None = None) -> None:
@@ -137,6 +143,13 @@ def _apply(module, state: _MergeState, patch: LoraPatch, only: set[str] | None =
         for group, targets in patch.resolved:
             for target in targets:
                 if only is not None and target.param not in only:
+                    continue
+                owner = module.get_submodule(target.param.rpartition(".")[0])
+                if isinstance(owner, QuantizedLinear):
+                    # the stored bytes stay as they are: the LoRA is added to the layer's output
+                    owner.patches[(id(patch), id(group), target.rows)] = _compute_patch(group, target.rows, patch.strength)
+                    state.compute_patched.add(target.param)
+                    state.weights_written += 1
                     continue
                 param = module.get_parameter(target.param)
                 if target.param not in state.originals:
@@ -171,8 +184,19 @@ def _merged(weight: torch.Tensor, group, rows, strength: float) -> torch.Tensor:
     return out
 
 
+def _compute_patch(group, rows, strength: float) -> ComputePatch:
+    if group.kind == "lora":
+        up, down, scale = lora_factors(group, rows)
+        return ComputePatch(up=up, down=down, alpha=strength * scale)
+    return ComputePatch(up=None, down=None, alpha=1.0, delta=group_delta(group, rows) * strength)
+
+
 def _restore(module, state: _MergeState, names: set[str]) -> None:
     for name in list(names):
+        if name in state.compute_patched:
+            module.get_submodule(name.rpartition(".")[0]).patches.clear()
+            state.compute_patched.discard(name)
+            continue
         original = state.originals.pop(name, None)
         if original is None:
             continue

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .lora_merge import sync_lora_stack
+from .lora_merge import merge_state, sync_lora_stack
+from .residency import weights_changed
 from .module_state import attached
 
 
@@ -55,10 +56,13 @@ def prepare_weights(transformer) -> None:
     module = transformer.module
     wanted = getattr(transformer, "param_set", None)
     state = swap_state(module)
+    before = (state.current, tuple(merge_state(module).applied))
     if state.current is not wanted:
         sync_lora_stack(module, ())  # merged LoRAs sit on whichever tensors are loaded: take them off first
         _swap(module, state, wanted)
     sync_lora_stack(module, getattr(transformer, "lora_stack", ()))
+    if (state.current, tuple(merge_state(module).applied)) != before:
+        weights_changed(module)
 
 
 def _swap(module: torch.nn.Module, state: _SwapState, wanted: ParamSet | None) -> None:

@@ -76,3 +76,144 @@ def offload(module: torch.nn.Module) -> None:
 def offload_all() -> None:
     for module in list(_resident.values()):
         offload(module)
+
+
+# ------------------------------------------------------------------ memory modes for the transformer
+
+MEMORY_MODES = ("auto", "full", "block_offload", "leaf_offload")
+_GO_HOOK = "group_offloading"  # diffusers' hook name (diffusers.hooks.group_offloading)
+
+
+class _Placement:
+    def __init__(self):
+        self.mode = "full"
+        self.device: torch.device | None = None
+
+
+def _placement(module: torch.nn.Module) -> _Placement:
+    from .module_state import attached
+
+    return attached(module, "_zimage_placement", _Placement)
+
+
+def block_bytes(module: torch.nn.Module) -> int:
+    """The largest repeated block (what block offloading holds on the device at a time)."""
+    blocks = [b for name in ("layers", "noise_refiner", "context_refiner") for b in getattr(module, name, [])]
+    return max((module_bytes(b) for b in blocks), default=module_bytes(module))
+
+
+def transformer_activation_bytes(module: torch.nn.Module, batch: int, height: int, width: int, caption_tokens: int = 512) -> int:
+    """A block's working memory for one forward: image tokens (latent h/2 × w/2) plus the caption,
+    through the feed-forward (three hidden-size tensors) and attention (about eight model-width
+    tensors), in 2-byte activations."""
+    config = module.config
+    dim = config.dim
+    hidden = int(dim / 3 * 8)
+    tokens = (height // 2) * (width // 2) + caption_tokens
+    return batch * tokens * (3 * hidden + 8 * dim) * 2
+
+
+def choose_mode(module: torch.nn.Module, free: int | None, activations: int) -> str:
+    """``auto``: the whole model when it fits with the activations, else one block at a time
+    (two with prefetch), else one layer at a time."""
+    if free is None:
+        return "full"
+    if module_bytes(module) + activations + _RESERVE <= free:
+        return "full"
+    resident = module_bytes(module) - sum(module_bytes(b) for name in ("layers", "noise_refiner", "context_refiner") for b in getattr(module, name, []))
+    if resident + 2 * block_bytes(module) + activations + _RESERVE <= free:
+        return "block_offload"
+    return "leaf_offload"
+
+
+def place_transformer(module: torch.nn.Module, device: torch.device, mode: str, activations: int,
+                      make_room: Callable[[int, torch.device], None] | None = None, keep: tuple = ()) -> str:
+    """Put the transformer where ``mode`` says: ``full`` moves it to ``device``; the offload modes
+    apply diffusers' group offloading (block level: one transformer block per group; leaf level: one
+    layer), prefetching the next group on a side stream on CUDA. Returns the mode used."""
+    if mode not in MEMORY_MODES:
+        raise ZImageInputError("memory_mode", repr(mode), f"one of {list(MEMORY_MODES)}", "pick one from the list")
+    if device.type == "cpu":
+        mode = "full"  # nothing to offload to
+    elif mode == "auto":
+        current = _placement(module)
+        free = _free_bytes(device)
+        if free is not None and current.mode == "full" and device_of(module) == device:
+            free += module_bytes(module)  # already resident: its own bytes count as free
+        mode = choose_mode(module, free, activations)
+    state = _placement(module)
+    if mode == "full":
+        if state.mode != "full":
+            remove_offloading(module)
+        place(module, device, make_room, keep)
+        return mode
+    if state.mode == mode and state.device == device:
+        return mode
+    offload(module)
+    if make_room is not None:
+        make_room(block_bytes(module) * 2 + activations + _RESERVE, device)
+    apply_offloading(module, mode, device)
+    return mode
+
+
+def apply_offloading(module: torch.nn.Module, mode: str, device: torch.device) -> None:
+    """diffusers' group offloading onto ``device`` (any device: the tests use the CPU as both ends)."""
+    from diffusers.hooks import apply_group_offloading
+
+    remove_offloading(module)
+    kind = "block_level" if mode == "block_offload" else "leaf_level"
+    apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"), offload_type=kind,
+                           num_blocks_per_group=1 if kind == "block_level" else None, use_stream=device.type == "cuda")
+    state = _placement(module)
+    state.mode, state.device = mode, device
+
+
+def is_offloaded(module: torch.nn.Module) -> bool:
+    return _placement(module).mode != "full"
+
+
+def remove_offloading(module: torch.nn.Module) -> None:
+    """Take diffusers' group-offloading hooks off (the weights end up on the CPU)."""
+    if not is_offloaded(module):
+        return
+    from diffusers.hooks import HookRegistry
+
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    for name in ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading"):
+        registry.remove_hook(name, recurse=True)
+    state = _placement(module)
+    state.mode, state.device = "full", None
+    module.to("cpu")
+
+
+def weights_changed(module: torch.nn.Module) -> None:
+    """After a LoRA merge or a per-step swap: group offloading with streams copies from pinned host
+    copies it made when applied, so it must be applied again or it would keep computing with the old
+    weights (diffusers' own helper for exactly this)."""
+    if is_offloaded(module):
+        from diffusers.hooks.group_offloading import _maybe_remove_and_reapply_group_offloading
+
+        _maybe_remove_and_reapply_group_offloading(module)
+
+
+class top_level_onloaded:
+    """The transformer's own small parts (embedders, pad tokens, final layer) on the device while the
+    pack calls its blocks one by one (the ControlNet path): diffusers onloads them in the top-level
+    module's forward hook, which that path does not go through."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.group = None
+        if is_offloaded(module):
+            registry = getattr(module, "_diffusers_hook", None)
+            hook = registry.get_hook(_GO_HOOK) if registry is not None else None
+            self.group = getattr(hook, "group", None)
+
+    def __enter__(self):
+        if self.group is not None:
+            self.group.onload_()
+        return self
+
+    def __exit__(self, *exc):
+        if self.group is not None:
+            self.group.offload_()
+        return False

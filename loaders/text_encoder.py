@@ -7,6 +7,7 @@ test encoders load through the same path) or a diffusers folder (``text_encoder/
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -17,7 +18,12 @@ from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 from .dtypes import compute_dtype_for, parse_weight_dtype
 from .errors import ZImageInputError
 from .model_files import describe_foreign_keys, strip_prefix
-from .safetensors_io import diffusers_component_folder, open_safetensors, require_file, stored_dtype
+from .gguf_files import llama_cpp_to_transformers
+from .quantized import install
+from .safetensors_io import diffusers_component_folder, require_file, stored_dtype
+from .weight_files import read_weights
+
+log = logging.getLogger("zimage")
 
 WHAT = "Z-Image text encoder file (Qwen3-4B)"
 PROMPT_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
@@ -44,7 +50,7 @@ class ZImageTextEncoder:
 
     @property
     def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
+        return next(self.model.parameters()).device  # not embed_tokens.weight: a quantised table has a meta stand-in
 
 
 def load_tokenizer(path: str):
@@ -70,27 +76,44 @@ def load_text_encoder(path: str, tokenizer_path: str, weight_dtype: str | torch.
 
 
 def _load_single_file(path: str, requested: torch.dtype | None) -> Qwen3Model:
-    with open_safetensors(path, WHAT) as handle:
-        keys = list(handle.keys())
-        prefix = strip_prefix([k for k in keys if not k.startswith("lm_head.")], ("model.", "text_model.model.", "qwen3_4b.transformer.model."))
-        state = {k[len(prefix):]: handle.get_tensor(k) for k in keys if k.startswith(prefix) and not k.startswith("lm_head.")}
-    if "embed_tokens.weight" not in state or "layers.0.self_attn.q_norm.weight" not in state:
+    weights = read_weights(path, WHAT)
+    if weights.container == "gguf":
+        weights = weights.renamed(llama_cpp_to_transformers)
+        prefix = ""
+    else:
+        names = weights.names()
+        prefix = strip_prefix([k for k in names if not k.startswith("lm_head.")], ("model.", "text_model.model.", "qwen3_4b.transformer.model."))
+        weights = weights.renamed(lambda k: k[len(prefix):] if k.startswith(prefix) and not k.startswith("lm_head.") else None)
+    names = set(weights.names())
+    if "embed_tokens.weight" not in names or "layers.0.self_attn.q_norm.weight" not in names:
+        keys = sorted(names)
         looks_like, use_instead = describe_foreign_keys(keys)
         if "Qwen3" in looks_like:
             looks_like = "a text encoder that is not Qwen3 (no q_norm in its attention)"
         raise ZImageInputError(WHAT, f"'{os.path.basename(path)}' looks like {looks_like}", "Qwen3-4B (qwen_3_4b.safetensors)", f"use {use_instead}")
-    file_dtype = state["embed_tokens.weight"].dtype
-    dtype = compute_dtype_for(requested or file_dtype)
-    state = {k: v.to(dtype) for k, v in state.items()}
-    config = _config_from_shapes(state)
+    embed = weights.plain.get("embed_tokens.weight")
+    file_dtype = embed.dtype if embed is not None and embed.dtype.is_floating_point else torch.bfloat16
+    if weights.quantized and requested is not None:
+        compute = compute_dtype_for(requested)
+        weights.plain.update({f"{k}.weight": w.dequantize(compute) for k, w in weights.quantized.items()})
+        weights.quantized = {}
+    dtype = compute_dtype_for(requested or file_dtype) if not weights.quantized else torch.bfloat16
+    state = {k: v.to(dtype) for k, v in weights.plain.items()}
+    shapes = {**state, **{f"{k}.weight": torch.empty(w.shape, device="meta") for k, w in weights.quantized.items()}}
+    config = _config_from_shapes(shapes)
     with torch.device("meta"):
         model = Qwen3Model(config)
-    missing = sorted(set(model.state_dict()) - set(state))
+    missing = sorted(set(model.state_dict()) - set(shapes))
     if missing:
         raise ZImageInputError(WHAT, f"'{os.path.basename(path)}' without {len(missing)} tensors (e.g. {missing[:3]})", "a complete Qwen3-4B", "download the file again")
-    model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()}, strict=True, assign=True)
+    install(model, weights.quantized, state, dtype, os.path.basename(path))
+    expected = set(model.state_dict())
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
     # rotary frequencies are a non-persistent buffer: build them for real (they were on meta)
     model.rotary_emb = type(model.rotary_emb)(config=config)
+    model.zimage_quantization = weights.describe()
+    if weights.quantized:
+        log.info("Z-Image text encoder %s: quantised layers %s, computing in %s", os.path.basename(path), weights.describe(), dtype)
     return model
 
 

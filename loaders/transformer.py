@@ -2,7 +2,8 @@
 
 Formats: ComfyUI single file (fused ``attention.qkv``, optional ``model.diffusion_model.`` or
 ``diffusion_model.`` prefix), diffusers-keyed single file, diffusers folder (sharded with an
-index); bf16 / fp16 / fp32, and fp8 (e4m3fn, with or without per-tensor scales).
+index); bf16 / fp16 / fp32; plain fp8 (diffusers' layerwise casting); quantised files held quantised
+(Comfy-Org mixed precision and GGUF: loaders/quantized.py, loaders/weight_files.py).
 
 The network is diffusers' ``ZImageTransformer2DModel``; the ComfyUI-to-diffusers key conversion
 is diffusers' own single-file converter. The config is read from tensor shapes, so the same path
@@ -24,15 +25,14 @@ from diffusers.loaders.single_file_utils import convert_z_image_transformer_chec
 from .dtypes import FP8_DTYPES, compute_dtype_for, parse_weight_dtype
 from .errors import ZImageInputError
 from .model_files import describe_foreign_keys, strip_prefix
-from .safetensors_io import diffusers_component_folder, open_safetensors, require_file, stored_dtype
+from .quantized import install, quantized_layers
+from .safetensors_io import diffusers_component_folder, require_file, stored_dtype
+from .weight_files import read_weights
 
 log = logging.getLogger("zimage")
 
 WHAT = "Z-Image transformer file"
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "model.")
-_FP8_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
-# Markers and activation scales some fp8 exporters add; they carry no weights.
-_IGNORED_KEYS = re.compile(r"(^scaled_fp8$|\.scale_input$|\.input_scale$|\.comfy_quant$)")
 _SIGNATURE = ("cap_embedder.1.weight", "t_embedder.mlp.0.weight")
 
 
@@ -47,6 +47,12 @@ class ZImageTransformer:
     lora_stack: tuple = ()  # LoraPatch objects, merged when sampling starts (loaders/lora_merge.py)
     param_set: object = None  # a ParamSet replacing some tensors (loaders/param_sets.py); None = the file's
     controls: tuple = ()  # ControlSpec objects (samplers/control.py)
+    quantization: str = ""  # e.g. "int8_tensorwise + ConvRot ×210" for a quantised file; "" when plain
+    memory_mode: str = "auto"  # loaders/residency.py MEMORY_MODES
+
+    def describe(self) -> str:
+        held = self.quantization or str(self.storage_dtype).replace("torch.", "")
+        return f"Z-Image transformer {os.path.basename(self.source)}: weights {held}, compute {str(self.compute_dtype).replace('torch.', '')}, memory {self.memory_mode}"
 
     def with_control(self, spec) -> "ZImageTransformer":
         return replace(self, controls=self.controls + (spec,))
@@ -86,7 +92,10 @@ def _load_folder(path: str, requested: torch.dtype | None) -> ZImageTransformer:
 
 
 def _load_single_file(path: str, requested: torch.dtype | None) -> ZImageTransformer:
-    state, file_dtype = read_transformer_state_dict(path)
+    weights, file_dtype = read_transformer_state_dict(path)
+    if weights.quantized:
+        return _load_quantized(path, weights, requested)
+    state = weights.plain
     storage = requested or file_dtype
     compute = compute_dtype_for(storage)
     if storage in FP8_DTYPES:
@@ -101,6 +110,38 @@ def _load_single_file(path: str, requested: torch.dtype | None) -> ZImageTransfo
     module.load_state_dict(state, strict=True, assign=True)
     del state
     return finish_module(module.eval().requires_grad_(False), storage, path)
+
+
+def _load_quantized(path: str, weights, requested: torch.dtype | None) -> ZImageTransformer:
+    """A quantised file (Comfy-Org mixed precision or GGUF): the quantised layers keep their stored
+    bytes and compute in bf16; ``weight_dtype`` other than default expands them to that dtype."""
+    compute = compute_dtype_for(requested) if requested is not None else torch.bfloat16
+    if requested is not None:
+        log.info("%s: expanding %d quantised layers to %s as asked (weight_dtype)", os.path.basename(path), len(weights.quantized), requested)
+        state = {**weights.plain, **{f"{k}.weight": w.dequantize(compute) for k, w in weights.quantized.items()}}
+        weights = type(weights)({k: v.to(requested) for k, v in state.items()}, {}, weights.container, weights.arch)
+        return _finish_from_weights(path, weights, requested)
+    return _finish_from_weights(path, weights, compute)
+
+
+def _finish_from_weights(path: str, weights, compute: torch.dtype) -> ZImageTransformer:
+    plain = {k: v.to(compute) for k, v in weights.plain.items()}
+    shapes = {**plain, **{f"{k}.weight": torch.empty(w.shape, device="meta") for k, w in weights.quantized.items()}}
+    config = config_from_state_dict(shapes, path)
+    with torch.device("meta"):
+        module = ZImageTransformer2DModel(**config)
+    check_keys(module, shapes, path)
+    install(module, weights.quantized, plain, compute, os.path.basename(path))
+    missing, unexpected = module.load_state_dict(plain, strict=False, assign=True)
+    stored = {f"{layer}.{name}" for layer, sub in quantized_layers(module).items() for name, _ in sub.named_parameters(recurse=False)}
+    if unexpected or set(missing) - stored:
+        raise ZImageInputError(WHAT, f"'{os.path.basename(path)}' whose tensors do not fit the model ({sorted(set(missing) - stored)[:3]}, {unexpected[:3]})",
+                               "a complete Z-Image transformer", "download the file again")
+    loaded = ZImageTransformer(module=module.eval().requires_grad_(False), storage_dtype=compute, compute_dtype=compute, source=path,
+                               quantization=weights.describe() + (f" ({weights.container})" if weights.quantized else ""))
+    if loaded.quantization:
+        log.info("Z-Image transformer %s: quantised layers %s, computing in %s", os.path.basename(path), loaded.quantization, compute)
+    return loaded
 
 
 def store_in_fp8(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> None:
@@ -123,31 +164,44 @@ def finish_module(module: ZImageTransformer2DModel, storage: torch.dtype, source
     return ZImageTransformer(module=module.eval().requires_grad_(False), storage_dtype=storage, compute_dtype=compute, source=source)
 
 
-def read_transformer_state_dict(path: str) -> tuple[dict[str, torch.Tensor], torch.dtype]:
-    """Diffusers-named, memory-mapped tensors of a single file, and the file's main weight dtype."""
-    with open_safetensors(path, WHAT) as handle:
-        keys = [k for k in handle.keys() if not _IGNORED_KEYS.search(k)]
-        prefix = strip_prefix(keys, _PREFIXES)
-        names = {k[len(prefix):]: k for k in keys}
-        if not all(sig in names for sig in _SIGNATURE) or not any(n.startswith("layers.") for n in names):
-            looks_like, use_instead = describe_foreign_keys(keys)
-            raise ZImageInputError(
-                WHAT, f"'{os.path.basename(path)}' looks like {looks_like}",
-                "a Z-Image transformer (keys cap_embedder.*, t_embedder.*, layers.N.*)", f"use {use_instead}",
-            )
-        scales = {n[: -len(s)] + ".weight": handle.get_tensor(names[n]) for n in names for s in _FP8_SCALE_SUFFIXES if n.endswith(s)}
-        tensors = {n: handle.get_tensor(k) for n, k in names.items() if not n.endswith(_FP8_SCALE_SUFFIXES)}
-    file_dtype = tensors["layers.0.feed_forward.w1.weight"].dtype if "layers.0.feed_forward.w1.weight" in tensors else tensors["cap_embedder.1.weight"].dtype
-    if scales:
-        # Scaled fp8 cannot be kept as plain fp8 (the scale is what keeps values in range),
-        # so those weights are dequantised to bf16.
-        for name, scale in scales.items():
-            tensors[name] = (tensors[name].to(torch.float32) * scale.to(torch.float32)).to(torch.bfloat16)
-        log.info("%s: %d fp8 weights with per-tensor scales dequantised to bf16", os.path.basename(path), len(scales))
-        file_dtype = torch.bfloat16
-    if any(n.endswith(".attention.qkv.weight") for n in tensors) or "x_embedder.weight" in tensors:
-        tensors = convert_z_image_transformer_checkpoint_to_diffusers(tensors)
-    return tensors, file_dtype
+def read_transformer_state_dict(path: str):
+    """Diffusers-named, memory-mapped tensors of a single file (quantised layers kept as stored),
+    and the file's main plain weight dtype."""
+    weights = read_weights(path, WHAT)
+    names = weights.names()
+    prefix = strip_prefix(names, _PREFIXES)
+    short = {n[len(prefix):] for n in names}
+    if not all(sig in short for sig in _SIGNATURE) or not any(n.startswith("layers.") for n in short):
+        looks_like, use_instead = describe_foreign_keys(names)
+        raise ZImageInputError(
+            WHAT, f"'{os.path.basename(path)}' looks like {looks_like}",
+            "a Z-Image transformer (keys cap_embedder.*, t_embedder.*, layers.N.*)", f"use {use_instead}",
+        )
+    weights = weights.renamed(lambda n: n[len(prefix):] if n.startswith(prefix) else None)
+    for pad in ("x_pad_token", "cap_pad_token"):  # stable-diffusion.cpp GGUF exports store them 1-D
+        if pad in weights.plain and weights.plain[pad].ndim == 1:
+            weights.plain[pad] = weights.plain[pad].unsqueeze(0)
+    main = weights.plain.get("layers.0.feed_forward.w1.weight", weights.plain.get("cap_embedder.1.weight"))
+    file_dtype = main.dtype if main is not None and main.dtype.is_floating_point else torch.bfloat16
+    if any(n.endswith(".attention.qkv.weight") for n in weights.names()) or "x_embedder.weight" in weights.names():
+        weights.plain = convert_z_image_transformer_checkpoint_to_diffusers(weights.plain)
+        weights.quantized = _convert_quantized_names(weights.quantized)
+    return weights, file_dtype
+
+
+def _convert_quantized_names(quantized: dict) -> dict:
+    """ComfyUI -> diffusers names for quantised layers, through diffusers' own converter run on a
+    meta tensor of each layer's shape: its output names say where the layer goes, and a fused qkv
+    comes back as three row ranges, which are split exactly in the stored format."""
+    out = {}
+    for layer, weight in quantized.items():
+        converted = convert_z_image_transformer_checkpoint_to_diffusers({f"{layer}.weight": torch.empty(weight.shape, device="meta")})
+        start = 0
+        for name, part in converted.items():
+            rows = part.shape[0]
+            out[name[: -len(".weight")]] = weight if rows == weight.shape[0] else weight.rows(slice(start, start + rows))
+            start += rows
+    return out
 
 
 def _layer_count(names, prefix: str) -> int:

@@ -31,6 +31,15 @@ if IN_COMFYUI and BUNDLE_FOLDER not in _folder_paths.folder_names_and_paths:
 # Standalone: models sit under one root with ComfyUI's folder names (diffusion_models/, text_encoders/, vae/...).
 _standalone_root = os.environ.get("ZIMAGE_MODELS_DIR", "")
 DIFFUSERS_FOLDER = "diffusers"
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".gguf")
+# ComfyUI lists only the extensions a folder declares; let its model folders list GGUF files too
+# (ComfyUI-GGUF does the same).
+if IN_COMFYUI:
+    for _name in ("diffusion_models", "text_encoders", "unet", "clip"):
+        if _name in _folder_paths.folder_names_and_paths:
+            _paths, _exts = _folder_paths.folder_names_and_paths[_name]
+            if isinstance(_exts, set):
+                _exts.add(".gguf")
 
 
 def set_models_root(path: str) -> None:
@@ -51,12 +60,12 @@ def _folder_dirs(folder: str) -> list[str]:
 def list_models(folder: str, with_diffusers_folders: bool = False) -> list[str]:
     """File names the loader offers: the folder's safetensors files, plus diffusers folders."""
     if IN_COMFYUI:
-        names = [n for n in _folder_paths.get_filename_list(folder) if n.endswith((".safetensors", ".sft"))]
+        names = [n for n in _folder_paths.get_filename_list(folder) if n.endswith(MODEL_EXTENSIONS)]
     else:
         names = []
         for base in _folder_dirs(folder):
             for dirpath, _, files in os.walk(base):
-                names += [os.path.relpath(os.path.join(dirpath, f), base) for f in files if f.endswith((".safetensors", ".sft"))]
+                names += [os.path.relpath(os.path.join(dirpath, f), base) for f in files if f.endswith(MODEL_EXTENSIONS)]
     if with_diffusers_folders:
         for base in _folder_dirs(DIFFUSERS_FOLDER):
             if os.path.isdir(base):
@@ -141,7 +150,11 @@ def prepare_model_for_sampling(model, batch: int, height: int, width: int) -> to
         else:
             to_compute_device(cnet.module, keep=tuple(resident))
             resident.append(cnet.module)
-    return to_compute_device(model.module, keep=tuple(resident))
+    activations = residency.transformer_activation_bytes(model.module, batch, height, width)
+    mode = residency.place_transformer(model.module, device, getattr(model, "memory_mode", "auto"), activations, make_room, keep=tuple(resident))
+    if mode != "full":
+        log.info("Z-Image: transformer in %s mode on %s", mode, device)
+    return device
 
 
 def check_interrupt() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ..loaders.dtypes import WEIGHT_DTYPES
+from ..loaders.residency import MEMORY_MODES
 from ..loaders.text_encoder import load_text_encoder
 from ..loaders.transformer import load_transformer
 from ..loaders.vae import load_vae
@@ -28,12 +29,17 @@ class ZImageTransformerLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (services.list_models("diffusion_models", with_diffusers_folders=True), {"tooltip": "z_image_turbo_bf16.safetensors in models/diffusion_models, or a diffusers folder in models/diffusers."}),
+            "model_name": (services.list_models("diffusion_models", with_diffusers_folders=True), {"tooltip": "z_image_turbo_bf16.safetensors (or an fp8 / int8 / nvfp4 / mxfp8 repack, or a .gguf) in models/diffusion_models, or a diffusers folder in models/diffusers. Quantised files stay quantised on the GPU."}),
             "weight_dtype": _dtype_input(),
+        }, "optional": {
+            "memory_mode": (list(MEMORY_MODES), {"default": "auto", "tooltip": "Where the weights live while sampling. auto: the whole model on the GPU when it fits, else block_offload. full: all on the GPU. block_offload: one transformer block at a time streamed from RAM (the next one prefetched on a side stream): an 8 GB card runs the bf16 file. leaf_offload: one layer at a time, the last resort (slowest)."}),
         }}
 
-    def load(self, model_name, weight_dtype="default"):
-        return (load_transformer(services.model_path("diffusion_models", model_name), weight_dtype),)
+    def load(self, model_name, weight_dtype="default", memory_mode="auto"):
+        model = load_transformer(services.model_path("diffusion_models", model_name), weight_dtype)
+        model.memory_mode = memory_mode
+        print(model.describe())
+        return (model,)
 
 
 class ZImageTextEncoderLoader:
@@ -49,7 +55,7 @@ class ZImageTextEncoderLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "text_encoder_name": (services.list_models("text_encoders", with_diffusers_folders=True), {"tooltip": "qwen_3_4b.safetensors in models/text_encoders, or a diffusers folder."}),
+                "text_encoder_name": (services.list_models("text_encoders", with_diffusers_folders=True), {"tooltip": "qwen_3_4b.safetensors (or qwen_3_4b_fp8_mixed, or a Qwen3-4B .gguf) in models/text_encoders, or a diffusers folder."}),
                 "weight_dtype": _dtype_input(),
             },
             "optional": {

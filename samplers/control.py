@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from ..loaders.errors import ZImageInputError
+from ..loaders.residency import top_level_onloaded
 from ..loaders.vae import encode
 from .latents import to_model_space
 
@@ -141,6 +142,11 @@ def _full_mask(seqlens, device):
 
 def forward_with_control(m, x_list: list[torch.Tensor], t: torch.Tensor, cap_feats: list[torch.Tensor], controls: list[tuple],
                          record: dict | None = None) -> list[torch.Tensor]:
+    with top_level_onloaded(m):
+        return _forward_with_control(m, x_list, t, cap_feats, controls, record)
+
+
+def _forward_with_control(m, x_list, t, cap_feats, controls, record):
     """The transformer's output (like ``m(x_list, t, cap_feats)[0]``) with ControlNet hints added.
 
     ``controls``: (ZImageControlNet, control input [B, C, h, w] in the compute dtype, strength).
