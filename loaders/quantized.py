@@ -135,10 +135,13 @@ def _block_scaled_rows(weight: QuantizedWeight, start: int, stop: int) -> dict:
 
 def _gguf_dequantize(data: torch.Tensor, quant_type: int, shape) -> torch.Tensor:
     """diffusers' GGUF dequantisation (torch ops: runs on whatever device the bytes are on)."""
-    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+    from diffusers.quantizers.gguf.utils import GGML_QUANT_SIZES, dequantize_functions
 
-    out = dequantize_gguf_tensor(GGUFParameter(data, quant_type=quant_type))
-    return out.as_tensor().reshape(shape) if isinstance(out, GGUFParameter) else out.reshape(shape)
+    # the block functions directly, on plain tensors (diffusers' GGUFParameter wrapper adds a
+    # __torch_function__ layer per op, and cannot wrap the fake tensors of the memory benchmark)
+    block_size, type_size = GGML_QUANT_SIZES[quant_type]
+    blocks = data.view(torch.uint8).reshape(-1, type_size)
+    return dequantize_functions[quant_type](blocks, block_size, type_size).reshape(shape)
 
 
 # ---------------------------------------------------------------- reading a file's quantisation
