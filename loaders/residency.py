@@ -16,6 +16,25 @@ _resident: "weakref.WeakValueDictionary[int, torch.nn.Module]" = weakref.WeakVal
 _RESERVE = 1 << 30  # activations and workspace on top of the weights
 
 
+class HostMemoryManager:
+    """A host application's memory manager (ComfyUI's, registered by nodes/comfy_services.py): when
+    set, it moves the pack's models, so that it can also evict them when its own nodes need room."""
+
+    def load(self, modules: list[torch.nn.Module], device: torch.device, extra_bytes: int) -> None:
+        raise NotImplementedError
+
+    def release(self, module: torch.nn.Module) -> None:
+        raise NotImplementedError
+
+
+_host: HostMemoryManager | None = None
+
+
+def set_host_memory_manager(host: HostMemoryManager | None) -> None:
+    global _host
+    _host = host
+
+
 def module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
@@ -43,13 +62,16 @@ def place(module: torch.nn.Module, device: torch.device, make_room: Callable[[in
           keep: tuple = ()) -> torch.nn.Module:
     """Move ``module`` to ``device``, first moving the pack's other models (except ``keep``: those
     the same step needs) off it if room is short, then asking the host (ComfyUI) to free what it holds."""
-    if device_of(module) == device:
-        return module
     if device.type == "mps" and any(p.dtype in FP8_DTYPES for p in module.parameters()):
         raise ZImageInputError(
             "weight_dtype", "fp8 weights on Apple MPS", "a dtype the device supports (MPS has no float8 tensors)",
             "set the loader's weight_dtype to bf16 (or fp16)",
         )
+    if _host is not None:
+        _host.load([module, *keep], device, _RESERVE)  # the host marks them in use, evicting others as needed
+        return module
+    if device_of(module) == device:
+        return module
     if device.type != "cpu":
         need = module_bytes(module) + _RESERVE
         free = _free_bytes(device)
@@ -67,6 +89,8 @@ def place(module: torch.nn.Module, device: torch.device, make_room: Callable[[in
 def offload(module: torch.nn.Module) -> None:
     """Back to the CPU (and forget it as resident)."""
     _resident.pop(id(module), None)
+    if _host is not None:
+        _host.release(module)
     if device_of(module).type != "cpu":
         module.to("cpu")
         if torch.cuda.is_available():

@@ -98,6 +98,45 @@ def new_model_path(folder: str, filename: str) -> str:
     return os.path.join(dirs[0], name)
 
 
+class _Held(torch.nn.Module):
+    """The container ComfyUI's ModelPatcher holds: it writes ``.device`` and its bookkeeping onto the
+    model it manages, and diffusers' and transformers' models have a read-only ``.device``."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+
+class _ComfyMemory(residency.HostMemoryManager):
+    """Our models in ComfyUI's memory manager: each wrapped once in a ModelPatcher and loaded with
+    ``load_models_gpu``, so they sit in ``current_loaded_models`` and ComfyUI can evict them (when
+    VAEDecode, an upscaler or another pack needs the VRAM, and on POST /free)."""
+
+    def patcher(self, module: torch.nn.Module):
+        patcher = module.__dict__.get("_zimage_patcher")
+        if patcher is None:
+            import comfy.model_patcher
+
+            patcher = comfy.model_patcher.ModelPatcher(_Held(module), load_device=_mm.get_torch_device(), offload_device=_mm.unet_offload_device())
+            module.__dict__["_zimage_patcher"] = patcher
+        return patcher
+
+    def load(self, modules, device, extra_bytes):
+        # a full load: ComfyUI's partial (lowvram) loading casts only its own layer types
+        _mm.load_models_gpu([self.patcher(m) for m in modules], memory_required=extra_bytes, force_full_load=True)
+
+    def release(self, module):
+        patcher = module.__dict__.get("_zimage_patcher")
+        for loaded in list(_mm.current_loaded_models):
+            if patcher is not None and loaded.model is patcher:
+                loaded.model_unload()
+                _mm.current_loaded_models.remove(loaded)
+
+
+if IN_COMFYUI:
+    residency.set_host_memory_manager(_ComfyMemory())
+
+
 def bundled_tokenizer_dir() -> str:
     """ComfyUI ships the Qwen2 BPE tokenizer files; standalone, ZIMAGE_TOKENIZER_DIR points at a copy."""
     if IN_COMFYUI:

@@ -6,6 +6,7 @@ import os
 
 from ..loaders.dtypes import WEIGHT_DTYPES
 from ..loaders.residency import MEMORY_MODES
+from ..loaders.speed import ATTENTION_BACKENDS, compile_blocks, set_attention
 from ..loaders.text_encoder import load_text_encoder
 from ..loaders.transformer import load_transformer
 from ..loaders.vae import load_vae
@@ -32,12 +33,17 @@ class ZImageTransformerLoader:
             "model_name": (services.list_models("diffusion_models", with_diffusers_folders=True), {"tooltip": "z_image_turbo_bf16.safetensors (or an fp8 / int8 / nvfp4 / mxfp8 repack, or a .gguf) in models/diffusion_models, or a diffusers folder in models/diffusers. Quantised files stay quantised on the GPU."}),
             "weight_dtype": _dtype_input(),
         }, "optional": {
+            "attention": (list(ATTENTION_BACKENDS), {"default": "sdpa", "tooltip": "Attention kernel. sdpa: PyTorch's own (always available). flash_varlen / sage_varlen: faster on recent NVIDIA cards when flash-attn / sageattention is installed (a clear error if not). SageAttention quantises attention to int8/fp8: slightly different pictures."}),
+            "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile each transformer block (diffusers' regional compilation). Off by default: the first run takes minutes, each new size recompiles, it needs a working Triton/C compiler, and it does not combine with block/leaf offload. Results may differ in the last bits."}),
             "memory_mode": (list(MEMORY_MODES), {"default": "auto", "tooltip": "Where the weights live while sampling. auto: the whole model on the GPU when it fits, else block_offload. full: all on the GPU. block_offload: one transformer block at a time streamed from RAM (the next one prefetched on a side stream): an 8 GB card runs the bf16 file. leaf_offload: one layer at a time, the last resort (slowest)."}),
         }}
 
-    def load(self, model_name, weight_dtype="default", memory_mode="auto"):
+    def load(self, model_name, weight_dtype="default", attention="sdpa", compile=False, memory_mode="auto"):
         model = load_transformer(services.model_path("diffusion_models", model_name), weight_dtype)
         model.memory_mode = memory_mode
+        set_attention(model.module, attention)
+        if compile:
+            compile_blocks(model.module)
         print(model.describe())
         return (model,)
 

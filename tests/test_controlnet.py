@@ -309,3 +309,34 @@ def test_controlnet_with_cfg_batch(files, transformer, vae):
     with_cfg = sample(transformer.with_control(spec), features, latent, seed=1, steps=2, guidance=guidance)
     without = sample(transformer, features, latent, seed=1, steps=2, guidance=guidance)
     assert with_cfg.shape == (2, 16, 6, 4) and (with_cfg - without).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("mode", ["block_offload", "leaf_offload"])
+def test_controlnet_lora_and_two_step_under_offloading_equal_the_full_run(files, transformer, vae, tmp_path, mode):
+    """Group offloading (onto the CPU here: every hook and move runs) changes nothing: the ControlNet
+    path calls the blocks one by one and onloads the transformer's own small parts around them, and a
+    LoRA merged or removed between runs re-arms the offloading."""
+    from zimage_pack.loaders import demo_loras
+    from zimage_pack.loaders.lora_merge import prepare_lora
+    from zimage_pack.loaders.residency import apply_offloading, remove_offloading
+    from zimage_pack.loaders.step_decoupled import StepSettings, from_models
+    from zimage_pack.samplers.two_step import sample_two_step
+
+    cnet = load_controlnet(files["2.1 lite"])
+    demo_loras.write_lora(transformer.module, str(tmp_path / "l.safetensors"), "ai-toolkit")
+    with_lora = transformer.with_lora(prepare_lora(transformer.module, str(tmp_path / "l.safetensors"), 1.0)[0])
+    controlled = with_lora.with_control(_spec(cnet, vae))
+    features, latent = [torch.randn(5, 32)], torch.zeros(2, 16, 6, 4)
+
+    def run():
+        two = sample_two_step(from_models(controlled, controlled), features * 2, latent, 5, StepSettings())[0]
+        plain = sample(transformer, features, latent[:1], seed=0, steps=2)  # the LoRA taken off again
+        return two, plain
+
+    want = run()
+    apply_offloading(transformer.module, mode, torch.device("cpu"))
+    try:
+        got = run()
+    finally:
+        remove_offloading(transformer.module)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

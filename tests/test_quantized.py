@@ -256,3 +256,20 @@ def test_offload_modes_equal_the_full_run(mode, wide):
     finally:
         remove_offloading(loaded.module)
     assert torch.equal(got, want)
+
+
+def test_attention_backend_choice_and_compile_wiring(model_files):
+    from zimage_pack.loaders.speed import compile_blocks, set_attention
+
+    loaded = load_transformer(model_files["comfy"])
+    set_attention(loaded.module, "sdpa")
+    with pytest.raises(ZImageInputError, match="attention"):
+        set_attention(loaded.module, "xformers_made_up")
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        with pytest.raises(ZImageInputError, match="flash-attn"):
+            set_attention(loaded.module, "flash_varlen")
+    compile_blocks(loaded.module)  # compiles lazily, on the first call
+    blocks = [b for b in loaded.module.modules() if type(b).__name__ == "ZImageTransformerBlock"]
+    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
