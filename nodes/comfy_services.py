@@ -32,14 +32,6 @@ if IN_COMFYUI and BUNDLE_FOLDER not in _folder_paths.folder_names_and_paths:
 _standalone_root = os.environ.get("ZIMAGE_MODELS_DIR", "")
 DIFFUSERS_FOLDER = "diffusers"
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".gguf")
-# ComfyUI lists only the extensions a folder declares; let its model folders list GGUF files too
-# (ComfyUI-GGUF does the same).
-if IN_COMFYUI:
-    for _name in ("diffusion_models", "text_encoders", "unet", "clip"):
-        if _name in _folder_paths.folder_names_and_paths:
-            _paths, _exts = _folder_paths.folder_names_and_paths[_name]
-            if isinstance(_exts, set):
-                _exts.add(".gguf")
 
 
 def set_models_root(path: str) -> None:
@@ -59,13 +51,13 @@ def _folder_dirs(folder: str) -> list[str]:
 
 def list_models(folder: str, with_diffusers_folders: bool = False) -> list[str]:
     """File names the loader offers: the folder's safetensors files, plus diffusers folders."""
-    if IN_COMFYUI:
-        names = [n for n in _folder_paths.get_filename_list(folder) if n.endswith(MODEL_EXTENSIONS)]
-    else:
-        names = []
-        for base in _folder_dirs(folder):
-            for dirpath, _, files in os.walk(base):
-                names += [os.path.relpath(os.path.join(dirpath, f), base) for f in files if f.endswith(MODEL_EXTENSIONS)]
+    names = _folder_paths.get_filename_list(folder) if IN_COMFYUI else []
+    # ComfyUI's own lists leave out .gguf (its folders declare only its own extensions, and we do not
+    # change them for every other node): walk the folders for those ourselves
+    for base in _folder_dirs(folder):
+        for dirpath, _, files in os.walk(base):
+            names += [os.path.relpath(os.path.join(dirpath, f), base) for f in files if f.endswith(MODEL_EXTENSIONS)]
+    names = [n for n in names if n.endswith(MODEL_EXTENSIONS)]
     if with_diffusers_folders:
         for base in _folder_dirs(DIFFUSERS_FOLDER):
             if os.path.isdir(base):
