@@ -33,3 +33,12 @@ def compile_blocks(module: torch.nn.Module) -> None:
     the first run pays the compilation, a new image size recompiles."""
     module.compile_repeated_blocks(dynamic=True)
     log.info("Z-Image: transformer blocks compiled with torch.compile (first run is slow)")
+
+
+def use_fast_matmul(module: torch.nn.Module, on: bool) -> None:
+    """comfy-kitchen's quantised matmuls for the quantised layers (CUDA only; elsewhere, and for
+    layouts or cards without a kernel, the layer dequantises as before)."""
+    from .quantized import quantized_layers
+
+    for layer in quantized_layers(module).values():
+        layer.fast_matmul = on

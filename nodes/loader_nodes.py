@@ -6,7 +6,7 @@ import os
 
 from ..loaders.dtypes import WEIGHT_DTYPES
 from ..loaders.residency import MEMORY_MODES
-from ..loaders.speed import ATTENTION_BACKENDS, compile_blocks, set_attention
+from ..loaders.speed import ATTENTION_BACKENDS, compile_blocks, set_attention, use_fast_matmul
 from ..loaders.text_encoder import load_text_encoder
 from ..loaders.transformer import load_transformer
 from ..loaders.vae import load_vae
@@ -35,12 +35,14 @@ class ZImageTransformerLoader:
         }, "optional": {
             "attention": (list(ATTENTION_BACKENDS), {"default": "sdpa", "tooltip": "Attention kernel. sdpa: PyTorch's own (always available). flash_varlen / sage_varlen: faster on recent NVIDIA cards when flash-attn / sageattention is installed (a clear error if not). SageAttention quantises attention to int8/fp8: slightly different pictures."}),
             "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile each transformer block (diffusers' regional compilation). Off by default: the first run takes minutes, each new size recompiles, it needs a working Triton/C compiler, and it does not combine with block/leaf offload. Results may differ in the last bits."}),
+            "quantized_matmul": (["dequantize", "fast"], {"default": "dequantize", "tooltip": "For quantised files (fp8, int8, nvfp4, mxfp8) on NVIDIA cards. dequantize: each layer's weight is expanded to bf16 for its matmul (the same numbers as the bf16 model with the quantised weights). fast: comfy-kitchen's quantised matmuls on the tensor cores (int8 from RTX 20xx, fp8 from RTX 40xx, nvfp4 on RTX 50xx), which also quantise the activations: faster, slightly different pictures. GGUF always dequantises."}),
             "memory_mode": (list(MEMORY_MODES), {"default": "auto", "tooltip": "Where the weights live while sampling. auto: the whole model on the GPU when it fits, else block_offload. full: all on the GPU. block_offload: one transformer block at a time streamed from RAM (the next one prefetched on a side stream): an 8 GB card runs the bf16 file. leaf_offload: one layer at a time, the last resort (slowest)."}),
         }}
 
-    def load(self, model_name, weight_dtype="default", attention="sdpa", compile=False, memory_mode="auto"):
+    def load(self, model_name, weight_dtype="default", attention="sdpa", compile=False, quantized_matmul="dequantize", memory_mode="auto"):
         model = load_transformer(services.model_path("diffusion_models", model_name), weight_dtype)
         model.memory_mode = memory_mode
+        use_fast_matmul(model.module, quantized_matmul == "fast")
         set_attention(model.module, attention)
         if compile:
             compile_blocks(model.module)

@@ -164,3 +164,16 @@ def test_inside_comfyui_the_bundled_tokenizer_is_used(fake_comfyui, monkeypatch,
     shutil.copytree(tokenizer_dir, bundled)
     monkeypatch.setattr(services._mm, "__file__", str(tmp_path / "comfy" / "model_management.py"), raising=False)
     assert services.bundled_tokenizer_dir() == str(bundled)
+
+
+def test_loaders_list_gguf_files(standalone_models):
+    import os
+
+    from zimage_pack.nodes import comfy_services
+
+    folder = os.path.join(standalone_models["root"], "diffusion_models")
+    open(os.path.join(folder, "z_image_turbo-Q4_K_M.gguf"), "wb").write(b"GGUF")
+    try:
+        assert "z_image_turbo-Q4_K_M.gguf" in comfy_services.list_models("diffusion_models")
+    finally:
+        os.remove(os.path.join(folder, "z_image_turbo-Q4_K_M.gguf"))

@@ -66,3 +66,42 @@ def test_fp8_on_apple_mps_is_refused_clearly(monkeypatch):
     with pytest.raises(ZImageInputError) as info:
         residency.place(module, torch.device("mps"))
     assert "bf16" in str(info.value) and module.weight.device.type == "cpu"
+
+
+def _real_size_transformer():
+    """The real 6.15 B transformer in bf16 on the meta device: sizes without memory."""
+    from diffusers import ZImageTransformer2DModel
+
+    with torch.device("meta"):
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            return ZImageTransformer2DModel()
+        finally:
+            torch.set_default_dtype(torch.float32)
+
+
+def test_auto_mode_runs_the_bf16_file_on_8_and_12_gb_cards_and_keeps_it_whole_on_24():
+    GiB = 1 << 30
+    model = _real_size_transformer()
+    assert 11 * GiB < residency.module_bytes(model) < 12 * GiB
+    act = residency.transformer_activation_bytes(model, 1, 128, 128)  # 1024², batch 1
+    assert 0.3 * GiB < act < 1.0 * GiB  # the traced activation peak is 0.52 GiB (bench/quantized_memory.py)
+    assert residency.choose_mode(model, 24 * GiB, act) == "full"
+    assert residency.choose_mode(model, int(7.5 * GiB), act) == "block_offload"  # an 8 GB card, less the desktop
+    assert residency.choose_mode(model, int(11.5 * GiB), act) == "block_offload"  # 12 GB: the whole model does not fit
+    assert residency.choose_mode(model, int(1.5 * GiB), act) == "leaf_offload"
+    assert residency.choose_mode(model, None, act) == "full"  # the CPU: nothing to offload to
+    # block offload needs: the resident parts + two blocks + activations + reserve, well under 8 GB
+    blocks = residency.block_bytes(model)
+    assert 2 * blocks + act + GiB < 3 * GiB
+
+
+def test_auto_keeps_an_fp8_sized_model_whole_on_an_8_gb_card():
+    GiB = 1 << 30
+    model = _real_size_transformer()
+    for name, param in model.named_parameters():  # the blocks' Linear weights in fp8, as fp8 / int8 repacks hold them
+        if param.ndim == 2 and name.startswith(("layers.", "noise_refiner.", "context_refiner.")):
+            param.data = param.data.to(torch.float8_e4m3fn)
+    assert residency.module_bytes(model) < 6 * GiB
+    act = residency.transformer_activation_bytes(model, 1, 128, 128)
+    assert residency.choose_mode(model, int(7.5 * GiB), act) == "full"

@@ -30,7 +30,7 @@ SETUP_NOTE = (
 def text_to_image() -> list[Node]:
     return [
         Node(9, "Note", {"text": SETUP_NOTE}, "Read me", pos=(-380, 40), size=(340, 260)),
-        Node(1, "ZImageTransformerLoader", {"model_name": TRANSFORMER_FILE, "weight_dtype": "default", "attention": "sdpa", "compile": False, "memory_mode": "auto"}, pos=(0, 0), size=(340, 150)),
+        Node(1, "ZImageTransformerLoader", {"model_name": TRANSFORMER_FILE, "weight_dtype": "default", "attention": "sdpa", "compile": False, "quantized_matmul": "dequantize", "memory_mode": "auto"}, pos=(0, 0), size=(340, 170)),
         Node(2, "ZImageTextEncoderLoader", {"text_encoder_name": TEXT_ENCODER_FILE, "weight_dtype": "default", "tokenizer_path": ""}, pos=(0, 140), size=(340, 110)),
         Node(3, "ZImageVAELoader", {"vae_name": VAE_FILE, "weight_dtype": "fp32"}, pos=(0, 300), size=(340, 90)),
         Node(4, "ZImageTextEncode", {"text_encoder": (2, 0), "text": "A red fox sitting in fresh snow at sunrise, soft golden light, photograph, 85mm, shallow depth of field."}, "Prompt", pos=(380, 140), size=(400, 200)),
