@@ -21,6 +21,7 @@ from diffusers import ZImageTransformer2DModel
 from safetensors.torch import save_file
 
 from .errors import ZImageInputError
+from .quantized import quantized_layers
 from .param_sets import ParamSet, host_copy, prepare_weights
 from .safetensors_io import open_safetensors, require_file
 from .transformer import ZImageTransformer, check_keys, config_from_state_dict, finish_module
@@ -104,6 +105,11 @@ def effective_state_dicts(model: StepDecoupledModel) -> tuple[dict, dict]:
 def save_bundle(model: StepDecoupledModel, path: str, settings: StepSettings | None = None) -> dict:
     """Write a bundle: shared tensors once (found by content), differing tensors per step. Returns counts."""
     settings = (settings or model.settings or StepSettings()).check()
+    if quantized_layers(model.module):
+        # LoRAs on quantised layers are added at compute time and are not in the state dict: a bundle
+        # written from it would silently lose them
+        raise ZImageInputError("step_model", "a quantised transformer (its LoRAs are applied at compute time, not stored)",
+                               "a bf16, fp16 or fp32 transformer", "load the transformer with weight_dtype bf16 (it expands a quantised file) to save a bundle")
     first, second = effective_state_dicts(model)
     tensors = {}
     shared = 0

@@ -273,3 +273,17 @@ def test_attention_backend_choice_and_compile_wiring(model_files):
     compile_blocks(loaded.module)  # compiles lazily, on the first call
     blocks = [b for b in loaded.module.modules() if type(b).__name__ == "ZImageTransformerBlock"]
     assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+
+
+def test_two_step_model_from_a_quantised_file_runs_but_is_not_saved_as_a_bundle(tmp_path, wide):
+    from zimage_pack.loaders.step_decoupled import StepSettings, from_models, save_bundle
+    from zimage_pack.samplers.two_step import sample_two_step
+
+    model, root, bf16, inputs = wide
+    loaded = load_transformer(dq.write_quantized_transformer(model, str(tmp_path / "fp8.safetensors"), "float8_e4m3fn"))
+    steps = from_models(loaded, loaded)
+    out = sample_two_step(steps, inputs[2], torch.zeros(1, 16, 8, 8), 5, StepSettings())[0]
+    want = sample(loaded, inputs[2], torch.zeros(1, 16, 8, 8), seed=5, steps=2)
+    assert torch.allclose(out, want, atol=1e-5)  # same model twice = the 8-step sampler's 2-step path
+    with pytest.raises(ZImageInputError, match="quantised"):
+        save_bundle(steps, str(tmp_path / "b.safetensors"))
