@@ -111,7 +111,7 @@ def load_controlnet(path: str, weight_dtype: str | torch.dtype = "default", offl
     module.load_state_dict(state, strict=True, assign=True)
     module = module.eval().requires_grad_(False)
     if storage in FP8_DTYPES:
-        from .transformer import store_in_fp8
+        from .compute_dtype import store_narrow
 
-        store_in_fp8(module, storage, compute)
+        store_narrow(module, storage, compute)
     return ZImageControlNet(module, version, config["control_in_dim"], storage, compute, path, offload)

@@ -18,7 +18,9 @@ from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 from .dtypes import compute_dtype_for, parse_weight_dtype
 from .errors import ZImageInputError
 from .model_files import describe_foreign_keys, strip_prefix
+from .compute_dtype import check_finite, choose, set_compute_dtype
 from .gguf_files import llama_cpp_to_transformers
+from .residency import pick_device
 from .quantized import install
 from .safetensors_io import diffusers_component_folder, require_file, stored_dtype
 from .weight_files import read_weights
@@ -43,6 +45,7 @@ class ZImageTextEncoder:
     model: Qwen3Model
     tokenizer: object
     source: str
+    compute_dtype: torch.dtype = torch.float32
 
     @property
     def hidden_size(self) -> int:
@@ -64,7 +67,10 @@ def load_tokenizer(path: str):
     )
 
 
-def load_text_encoder(path: str, tokenizer_path: str, weight_dtype: str | torch.dtype = "default") -> ZImageTextEncoder:
+def load_text_encoder(path: str, tokenizer_path: str, weight_dtype: str | torch.dtype = "default", compute_dtype: str | torch.dtype = "auto",
+                      device: torch.device | None = None) -> ZImageTextEncoder:
+    """Qwen3-4B and its tokenizer; ``compute_dtype`` "auto" is bf16 where ``device`` has it, else fp32
+    (Qwen3's residual stream exceeds fp16's range), and fp32 for an fp32 file."""
     requested = parse_weight_dtype(weight_dtype)
     require_file(path, WHAT)
     if os.path.isdir(path):
@@ -72,7 +78,11 @@ def load_text_encoder(path: str, tokenizer_path: str, weight_dtype: str | torch.
         model = Qwen3Model.from_pretrained(folder, torch_dtype=compute_dtype_for(requested or stored_dtype(folder)), local_files_only=True)
     else:
         model = _load_single_file(path, requested)
-    return ZImageTextEncoder(model=model.eval().requires_grad_(False), tokenizer=load_tokenizer(tokenizer_path), source=path)
+    storage = next(p.dtype for p in model.parameters() if p.dtype.is_floating_point and p.element_size() > 1)
+    compute = choose(storage, compute_dtype, device or pick_device(), role="text_encoder")
+    if compute != storage:
+        set_compute_dtype(model, storage, compute)
+    return ZImageTextEncoder(model=model.eval().requires_grad_(False), tokenizer=load_tokenizer(tokenizer_path), source=path, compute_dtype=compute)
 
 
 def _load_single_file(path: str, requested: torch.dtype | None) -> Qwen3Model:
@@ -151,5 +161,7 @@ def encode_prompts(encoder: ZImageTextEncoder, prompts: list[str]) -> list[torch
     for prompt in prompts:
         ids = tokenize_prompt(encoder.tokenizer, prompt).to(encoder.device)[None]
         out = encoder.model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
-        features.append(out.hidden_states[FEATURE_LAYER][0].float().cpu())
+        hidden = out.hidden_states[FEATURE_LAYER][0]
+        check_finite(hidden, 0, 1, encoder.compute_dtype, "text encoder")
+        features.append(hidden.float().cpu())
     return features

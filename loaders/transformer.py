@@ -22,10 +22,12 @@ import torch
 from diffusers import ZImageTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
+from .compute_dtype import choose, protect_fp16, set_compute_dtype, store_narrow, unprotect_fp16
 from .dtypes import FP8_DTYPES, compute_dtype_for, parse_weight_dtype
 from .errors import ZImageInputError
 from .model_files import describe_foreign_keys, strip_prefix
 from .quantized import install, quantized_layers
+from .residency import pick_device
 from .safetensors_io import diffusers_component_folder, require_file, stored_dtype
 from .weight_files import read_weights
 
@@ -52,7 +54,8 @@ class ZImageTransformer:
 
     def describe(self) -> str:
         held = self.quantization or str(self.storage_dtype).replace("torch.", "")
-        return f"Z-Image transformer {os.path.basename(self.source)}: weights {held}, compute {str(self.compute_dtype).replace('torch.', '')}, memory {self.memory_mode}"
+        guard = " (fp16 overflow protection on)" if self.compute_dtype == torch.float16 else ""
+        return f"Z-Image transformer {os.path.basename(self.source)}: weights {held}, compute {str(self.compute_dtype).replace('torch.', '')}{guard}, memory {self.memory_mode}"
 
     def with_control(self, spec) -> "ZImageTransformer":
         return replace(self, controls=self.controls + (spec,))
@@ -74,13 +77,27 @@ class ZImageTransformer:
         return self.module.config.in_channels
 
 
-def load_transformer(path: str, weight_dtype: str | torch.dtype = "default") -> ZImageTransformer:
-    """Load a Z-Image transformer from a single file or a diffusers folder (on the CPU)."""
+def load_transformer(path: str, weight_dtype: str | torch.dtype = "default", compute_dtype: str | torch.dtype = "auto",
+                     device: torch.device | None = None) -> ZImageTransformer:
+    """Load a Z-Image transformer from a single file or a diffusers folder (on the CPU), computing
+    in ``compute_dtype`` ("auto": bf16 where ``device`` has it, else fp16 with overflow protection,
+    else fp32; loaders/compute_dtype.py)."""
     requested = parse_weight_dtype(weight_dtype)
     require_file(path, WHAT)
-    if os.path.isdir(path):
-        return _load_folder(path, requested)
-    return _load_single_file(path, requested)
+    loaded = _load_folder(path, requested) if os.path.isdir(path) else _load_single_file(path, requested)
+    return with_compute_dtype(loaded, choose(loaded.compute_dtype, compute_dtype, device or pick_device()))
+
+
+def with_compute_dtype(loaded: ZImageTransformer, dtype: torch.dtype) -> ZImageTransformer:
+    """``loaded`` computing in ``dtype`` (fp16 with its overflow protection)."""
+    if dtype != loaded.compute_dtype:
+        storage = set_compute_dtype(loaded.module, loaded.storage_dtype, dtype)
+        loaded = replace(loaded, storage_dtype=storage, compute_dtype=dtype)
+    if dtype == torch.float16:
+        protect_fp16(loaded.module)
+    else:
+        unprotect_fp16(loaded.module)
+    return loaded
 
 
 def _load_folder(path: str, requested: torch.dtype | None) -> ZImageTransformer:
@@ -144,23 +161,10 @@ def _finish_from_weights(path: str, weights, compute: torch.dtype) -> ZImageTran
     return loaded
 
 
-def store_in_fp8(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> None:
-    """diffusers' layerwise casting: Linear weights stay fp8 and are upcast per layer for the matmul;
-    the precision-critical layers it skips (norms, embedders) must hold the compute dtype."""
-    module.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
-    for sub in module.modules():
-        hooked = getattr(sub, "_diffusers_hook", None) is not None and sub._diffusers_hook.get_hook("layerwise_casting") is not None
-        if hooked:
-            continue
-        for name, param in list(sub.named_parameters(recurse=False)):
-            if param.dtype in FP8_DTYPES:
-                setattr(sub, name, torch.nn.Parameter(param.to(compute), requires_grad=False))
-
-
 def finish_module(module: ZImageTransformer2DModel, storage: torch.dtype, source: str) -> ZImageTransformer:
     compute = compute_dtype_for(storage)
     if storage in FP8_DTYPES:
-        store_in_fp8(module, storage, compute)
+        store_narrow(module, storage, compute)
     return ZImageTransformer(module=module.eval().requires_grad_(False), storage_dtype=storage, compute_dtype=compute, source=source)
 
 

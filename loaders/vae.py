@@ -17,6 +17,8 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from .dtypes import compute_dtype_for, parse_weight_dtype
 from .errors import ZImageInputError
 from .model_files import describe_foreign_keys, strip_prefix
+from .compute_dtype import check_finite, choose, set_compute_dtype
+from .residency import pick_device
 from .safetensors_io import diffusers_component_folder, open_safetensors, require_file, stored_dtype
 
 WHAT = "Z-Image VAE file (FLUX.1 ae.safetensors)"
@@ -29,6 +31,7 @@ LATENT_CHANNELS = 16
 class ZImageVAE:
     model: AutoencoderKL
     source: str
+    compute_dtype: torch.dtype | None = None  # None: the weights' dtype
 
     @property
     def device(self) -> torch.device:
@@ -36,14 +39,17 @@ class ZImageVAE:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.decoder.conv_in.weight.dtype
+        return self.compute_dtype or self.model.decoder.conv_in.weight.dtype
 
     @property
     def downscale(self) -> int:
         return 2 ** (len(self.model.config.block_out_channels) - 1)
 
 
-def load_vae(path: str, weight_dtype: str | torch.dtype = "default") -> ZImageVAE:
+def load_vae(path: str, weight_dtype: str | torch.dtype = "default", compute_dtype: str | torch.dtype = "auto",
+             device: torch.device | None = None) -> ZImageVAE:
+    """The FLUX VAE; ``compute_dtype`` "auto" is bf16 where ``device`` has it, else fp32 (the FLUX
+    VAE's mid-block overflows fp16), and fp32 for an fp32 file."""
     requested = parse_weight_dtype(weight_dtype)
     require_file(path, WHAT)
     if os.path.isdir(path):
@@ -55,7 +61,11 @@ def load_vae(path: str, weight_dtype: str | torch.dtype = "default") -> ZImageVA
         raise ZImageInputError(WHAT, f"a VAE with {model.config.latent_channels} latent channels", "the FLUX.1 VAE (16 channels)", "use ae.safetensors from FLUX.1 / Z-Image")
     # channels-last lets the CPU (oneDNN) and GPU convolution kernels run faster (~20 % on a CPU decode)
     model = model.to(memory_format=torch.channels_last)
-    return ZImageVAE(model=model.eval().requires_grad_(False), source=path)
+    storage = model.decoder.conv_in.weight.dtype
+    compute = choose(storage, compute_dtype, device or pick_device(), role="vae")
+    if compute != storage:
+        set_compute_dtype(model, storage, compute)
+    return ZImageVAE(model=model.eval().requires_grad_(False), source=path, compute_dtype=compute)
 
 
 def _count(names, pattern: str) -> int:
@@ -130,6 +140,7 @@ def decode(vae: ZImageVAE, raw_latent: torch.Tensor, tile_size: int = 0) -> torc
         pixels = model.tiled_decode(z, return_dict=False)[0]
     else:
         pixels = model.decode(z, return_dict=False)[0]
+    check_finite(pixels, 0, 1, vae.dtype, "VAE decode")
     return ((pixels.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu()
 
 

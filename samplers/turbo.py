@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..loaders.compute_dtype import check_finite, match_controlnet
 from ..loaders.errors import ZImageInputError
 from ..loaders.param_sets import prepare_weights
 from .control import forward_with_control
@@ -52,6 +53,7 @@ def predict_velocity(transformer, x: torch.Tensor, sigma: float, features: list[
     if active:
         controls = []
         for spec in active:
+            match_controlnet(spec.controlnet, compute_dtype)
             control = spec.control_latents(batch, x.shape[2], x.shape[3], x.device, compute_dtype)
             controls.append((spec.controlnet, control.repeat(inputs.shape[0] // batch, 1, 1, 1), spec.strength))
         out = forward_with_control(module, list(inputs.unsqueeze(2).unbind(0)), t, captions, controls)
@@ -107,6 +109,7 @@ def sample(
             check_interrupt()
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         v = predict_velocity(transformer, x, sigma, features, guidance)
+        check_finite(v, i, total, transformer.compute_dtype)
         if on_step is not None:
             on_step(i, total, x - sigma * v)  # x0 prediction, for previews
         x = x + (sigma_next - sigma) * v

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ..loaders.compute_dtype import check_finite
 from ..loaders.errors import ZImageInputError
 from ..loaders.param_sets import prepare_weights
 from ..loaders.step_decoupled import StepSettings
@@ -61,6 +62,7 @@ def sample_two_step(
 
     prepare_weights(step1)
     v = predict_velocity(step1, x, s0, features, None)
+    check_finite(v, 0, 2, step1.compute_dtype)
     x0_step1 = x - s0 * v
     if on_step is not None:
         on_step(0, 2, x0_step1)
@@ -73,6 +75,7 @@ def sample_two_step(
 
     prepare_weights(step2)
     v = predict_velocity(step2, x, s1, features, None)
+    check_finite(v, 1, 2, step2.compute_dtype)
     x = x - s1 * v
     if on_step is not None:
         on_step(1, 2, x)

@@ -30,9 +30,9 @@ SETUP_NOTE = (
 def text_to_image() -> list[Node]:
     return [
         Node(9, "Note", {"text": SETUP_NOTE}, "Read me", pos=(-380, 40), size=(340, 260)),
-        Node(1, "ZImageTransformerLoader", {"model_name": TRANSFORMER_FILE, "weight_dtype": "default", "attention": "sdpa", "compile": False, "quantized_matmul": "dequantize", "memory_mode": "auto"}, pos=(0, 0), size=(340, 170)),
-        Node(2, "ZImageTextEncoderLoader", {"text_encoder_name": TEXT_ENCODER_FILE, "weight_dtype": "default", "tokenizer_path": ""}, pos=(0, 140), size=(340, 110)),
-        Node(3, "ZImageVAELoader", {"vae_name": VAE_FILE, "weight_dtype": "fp32"}, pos=(0, 300), size=(340, 90)),
+        Node(1, "ZImageTransformerLoader", {"model_name": TRANSFORMER_FILE, "weight_dtype": "default", "compute_dtype": "auto", "attention": "sdpa", "compile": False, "quantized_matmul": "dequantize", "memory_mode": "auto"}, pos=(0, 0), size=(340, 190)),
+        Node(2, "ZImageTextEncoderLoader", {"text_encoder_name": TEXT_ENCODER_FILE, "weight_dtype": "default", "compute_dtype": "auto", "tokenizer_path": ""}, pos=(0, 230), size=(340, 130)),
+        Node(3, "ZImageVAELoader", {"vae_name": VAE_FILE, "weight_dtype": "fp32", "compute_dtype": "auto"}, pos=(0, 400), size=(340, 110)),
         Node(4, "ZImageTextEncode", {"text_encoder": (2, 0), "text": "A red fox sitting in fresh snow at sunrise, soft golden light, photograph, 85mm, shallow depth of field."}, "Prompt", pos=(380, 140), size=(400, 200)),
         Node(5, "ZImageEmptyLatent", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(380, 380), size=(300, 110)),
         Node(6, "ZImageTurboSampler", {"model": (1, 0), "positive": (4, 0), "latent_image": (5, 0), "seed": 42, "steps": 8, "shift": 3.0, "denoise": 1.0,
@@ -156,7 +156,7 @@ def controlnet_tile_upscale() -> list[Node]:
     return _controlled(
         "tile", "tile upscale", "The low-res image is scaled up, encoded and re-noised (denoise 0.65); the Tile ControlNet keeps it on the original.",
         [], {"image": (22, 0), "resize": "stretch"}, control_file=TILE_CONTROLNET_FILE, latent=(25, 0), denoise=0.65,
-        extra_nodes=[Node(24, "ImageScale", {"image": (22, 0), "upscale_method": "lanczos", "width": 1024, "height": 1024, "crop": "center"}, pos=(0, -380), size=(340, 170)),
+        extra_nodes=[Node(24, "ImageScale", {"image": (22, 0), "upscale_method": "lanczos", "width": 1024, "height": 1024, "crop": "center"}, pos=(0, -380), size=(340, 190)),
                      Node(25, "ZImageVAEEncode", {"vae": (3, 0), "pixels": (24, 0), "tile_size": 0}, pos=(380, 380), size=(260, 100))])
 
 
