@@ -123,7 +123,7 @@ def _load_single_file(path: str, requested: torch.dtype | None) -> Qwen3Model:
     model.rotary_emb = type(model.rotary_emb)(config=config)
     model.zimage_quantization = weights.describe()
     if weights.quantized:
-        log.info("Z-Image text encoder %s: quantised layers %s, computing in %s", os.path.basename(path), weights.describe(), dtype)
+        log.info("Z-Image text encoder %s: quantised layers %s", os.path.basename(path), weights.describe())
     return model
 
 

@@ -157,7 +157,7 @@ def _finish_from_weights(path: str, weights, compute: torch.dtype) -> ZImageTran
     loaded = ZImageTransformer(module=module.eval().requires_grad_(False), storage_dtype=compute, compute_dtype=compute, source=path,
                                quantization=weights.describe() + (f" ({weights.container})" if weights.quantized else ""))
     if loaded.quantization:
-        log.info("Z-Image transformer %s: quantised layers %s, computing in %s", os.path.basename(path), loaded.quantization, compute)
+        log.info("Z-Image transformer %s: quantised layers %s", os.path.basename(path), loaded.quantization)
     return loaded
 
 
