@@ -11,6 +11,7 @@ import torch
 
 from ..loaders import residency
 from ..loaders.errors import ZImageInputError
+from ..samplers.memory_budget import check_sampling_fits, check_vae_fits
 
 log = logging.getLogger("zimage")
 
@@ -164,15 +165,19 @@ def enable_offload(cnet, device: torch.device) -> None:
     cnet.module._zimage_group_offload = device
 
 
-def prepare_model_for_sampling(model, batch: int, height: int, width: int) -> torch.device:
-    """Everything one sampling run needs on the compute device: ControlNet hint latents first (the VAE
-    visits the device alone), then the ControlNets (streamed block by block from the host when loaded
-    with offload), then the transformer."""
+def prepare_model_for_sampling(model, batch: int, height: int, width: int, cfg: bool = False) -> torch.device:
+    """Everything one sampling run needs on the compute device: first the check that the run fits
+    (refused before anything moves or is allocated), then ControlNet hint latents (the VAE visits the
+    device alone), the ControlNets (streamed block by block from the host when loaded with offload),
+    and the transformer."""
+    device = compute_device()
+    check_sampling_fits(model, batch, height, width, cfg, device)
     controls = getattr(model, "controls", ())
+    for spec in controls:
+        check_vae_fits(spec.vae, height * 8, width * 8, batch, 0, False, device)
     for spec in controls:
         to_compute_device(spec.vae.model)
         spec.control_latents(batch, height, width, torch.device("cpu"), torch.float32)
-    device = compute_device()
     resident = []
     for spec in controls:
         cnet = spec.controlnet

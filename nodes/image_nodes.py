@@ -7,6 +7,7 @@ import torch
 from ..loaders.errors import ZImageInputError
 from ..loaders.vae import decode, encode
 from ..samplers.latents import check_latent
+from ..samplers.memory_budget import check_vae_fits
 from . import comfy_services as services
 from .sampling_nodes import latent_samples
 from .types import CATEGORY, ZIMAGE_VAE
@@ -29,6 +30,7 @@ class ZImageVAEDecode:
     def decode(self, vae, samples, tile_size=0):
         latent = latent_samples(samples, "samples")
         check_latent(latent, "samples")
+        check_vae_fits(vae, latent.shape[2] * 8, latent.shape[3] * 8, latent.shape[0], tile_size, True, services.compute_device())
         services.to_compute_device(vae.model)
         return (decode(vae, latent, tile_size),)
 
@@ -51,5 +53,6 @@ class ZImageVAEEncode:
         h, w = pixels.shape[1:3]
         if h % 16 or w % 16:
             raise ZImageInputError("pixels", f"an image of {w}×{h}", "width and height multiples of 16", "crop or scale the image first (e.g. ImageScale to a multiple of 16)")
+        check_vae_fits(vae, h, w, pixels.shape[0], tile_size, False, services.compute_device())
         services.to_compute_device(vae.model)
         return ({"samples": encode(vae, pixels, tile_size)},)

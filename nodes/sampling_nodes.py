@@ -110,7 +110,7 @@ class ZImageTurboSampler:
         guidance = None
         if cfg != 1.0 and negative is not None:
             guidance = Guidance(cfg, cfg_truncation, cfg_renorm, features_from_conditioning(negative, model.cap_feat_dim, batch, "negative"))
-        device = services.prepare_model_for_sampling(model, batch, samples.shape[2], samples.shape[3])
+        device = services.prepare_model_for_sampling(model, batch, samples.shape[2], samples.shape[3], cfg=guidance is not None)
         out = sample(model, features, samples, seed, steps, shift, denoise, guidance,
                      on_step=services.Progress(steps, device), check_interrupt=services.check_interrupt)
         return ({"samples": out},)

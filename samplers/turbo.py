@@ -73,6 +73,33 @@ def predict_velocity(transformer, x: torch.Tensor, sigma: float, features: list[
     return -pred
 
 
+class block_interrupts:
+    """``check_interrupt`` before every transformer block (and ControlNet block), so that one long
+    step (a large image on a CPU) can still be stopped; removed on exit, also on an interrupt."""
+
+    def __init__(self, modules, check_interrupt: Callable[[], None] | None):
+        self.modules, self.check, self.handles = modules, check_interrupt, []
+
+    def __enter__(self):
+        if self.check is not None:
+            check = self.check
+            for module in self.modules:
+                for block in module.modules():
+                    if type(block).__name__ in ("ZImageTransformerBlock", "ZImageControlTransformerBlock"):
+                        self.handles.append(block.register_forward_pre_hook(lambda *_: check()))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        return False
+
+
+def interruptible_modules(transformer) -> list:
+    return [transformer.module] + [spec.controlnet.module for spec in getattr(transformer, "controls", ())]
+
+
 @torch.no_grad()
 def sample(
     transformer,
@@ -104,13 +131,14 @@ def sample(
     sigma0 = float(sigmas[0])
     x = (sigma0 * noise + (1.0 - sigma0) * to_model_space(latent.float())).to(device)
     total = len(sigmas) - 1
-    for i in range(total):
-        if check_interrupt is not None:
-            check_interrupt()
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        v = predict_velocity(transformer, x, sigma, features, guidance)
-        check_finite(v, i, total, transformer.compute_dtype)
-        if on_step is not None:
-            on_step(i, total, x - sigma * v)  # x0 prediction, for previews
-        x = x + (sigma_next - sigma) * v
+    with block_interrupts(interruptible_modules(transformer), check_interrupt):
+        for i in range(total):
+            if check_interrupt is not None:
+                check_interrupt()
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            v = predict_velocity(transformer, x, sigma, features, guidance)
+            check_finite(v, i, total, transformer.compute_dtype)
+            if on_step is not None:
+                on_step(i, total, x - sigma * v)  # x0 prediction, for previews
+            x = x + (sigma_next - sigma) * v
     return to_raw_space(x).cpu()

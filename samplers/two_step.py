@@ -19,7 +19,7 @@ from ..loaders.param_sets import prepare_weights
 from ..loaders.step_decoupled import StepSettings
 from .latents import check_latent, to_model_space, to_raw_space
 from .schedules import shift_sigmas
-from .turbo import StepCallback, predict_velocity
+from .turbo import StepCallback, block_interrupts, interruptible_modules, predict_velocity
 
 
 def two_step_sigmas(settings: StepSettings, denoise: float = 1.0) -> torch.Tensor:
@@ -60,6 +60,13 @@ def sample_two_step(
     device = step1.device
     x = (s0 * noise + (1.0 - s0) * to_model_space(latent.float())).to(device)
 
+    with block_interrupts(interruptible_modules(step1) + interruptible_modules(step2)[1:], check_interrupt):
+        return _two_steps(model, features, x, s0, s1, settings, renoise, on_step, check_interrupt)
+
+
+def _two_steps(model, features, x, s0, s1, settings, renoise, on_step, check_interrupt):
+    step1, step2 = model.steps
+    device = x.device
     prepare_weights(step1)
     v = predict_velocity(step1, x, s0, features, None)
     check_finite(v, 0, 2, step1.compute_dtype)

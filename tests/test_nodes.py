@@ -102,7 +102,7 @@ class _FakePreviewer:
 def fake_comfyui(monkeypatch):
     """ComfyUI's runtime services, faked at the one module that touches them."""
     bars = []
-    state = {"interrupt_after": None, "checks": 0, "freed": []}
+    state = {"interrupt_after": None, "interrupt_at_check": None, "checks": 0, "freed": []}
 
     def progress_bar(total):
         bars.append(_FakeBar(total))
@@ -110,7 +110,8 @@ def fake_comfyui(monkeypatch):
 
     def interrupt():
         state["checks"] += 1
-        if state["interrupt_after"] is not None and state["checks"] > state["interrupt_after"]:
+        steps_done = len(bars[-1].updates) if bars else 0
+        if (state["interrupt_after"] is not None and steps_done >= state["interrupt_after"]) or state["checks"] == state["interrupt_at_check"]:
             raise KeyboardInterrupt("Processing interrupted")  # ComfyUI raises a BaseException
 
     mm = types.SimpleNamespace(get_torch_device=lambda: torch.device("cpu"), free_memory=lambda b, d: state["freed"].append(b),
@@ -145,6 +146,22 @@ def test_interrupt_between_steps_then_next_run_works(model_files, fake_comfyui):
     state["interrupt_after"] = None
     out = ZImageTurboSampler().run(model, cond, latent, seed=1, steps=8)[0]["samples"]
     assert torch.equal(out, sample(model, [cond[0][0][0]], latent["samples"], seed=1))
+
+
+def test_interrupt_inside_a_step_between_transformer_blocks(model_files, fake_comfyui):
+    """A long single step (a large image on a CPU) stops at the next block, and leaves no hook behind."""
+    bars, state = fake_comfyui
+    model = load_transformer(model_files["comfy"])
+    cond = [[torch.randn(1, 4, 32), {}]]
+    latent = {"samples": torch.zeros(1, 16, 4, 4)}
+    state["interrupt_at_check"] = 3  # the step check, then two block checks inside the first transformer call
+    with pytest.raises(KeyboardInterrupt):
+        ZImageTurboSampler().run(model, cond, latent, seed=1, steps=1)
+    assert bars[-1].updates == []  # stopped inside step 1
+    assert all(not block._forward_pre_hooks for block in model.module.modules() if type(block).__name__ == "ZImageTransformerBlock")
+    state["interrupt_at_check"] = None
+    out = ZImageTurboSampler().run(model, cond, latent, seed=1, steps=1)[0]["samples"]
+    assert torch.equal(out, sample(model, [cond[0][0][0]], latent["samples"], seed=1, steps=1))
 
 
 def test_no_device_is_hard_coded(model_files, fake_comfyui, monkeypatch):
