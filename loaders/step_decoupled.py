@@ -125,7 +125,11 @@ def save_bundle(model: StepDecoupledModel, path: str, settings: StepSettings | N
                 "shift": repr(float(settings.shift)), "step2_rule": settings.step2_rule, "key_naming": "diffusers",
                 "config": json.dumps(_jsonable(dict(model.module.config)))}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(tensors, path, metadata=metadata)
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except Exception as exc:  # safetensors' own error type, or the OS's (disk full, permissions)
+        raise ZImageInputError("filename", f"'{path}' could not be written ({exc})", "a writable file",
+                               "check the name, the free disk space and the folder's permissions") from None
     return {"shared": shared, "per_step": len(first) - shared}
 
 

@@ -4,6 +4,7 @@ plain script or the tests with no ComfyUI installed."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -11,6 +12,7 @@ import torch
 
 from ..loaders import residency
 from ..loaders.errors import ZImageInputError
+from ..loaders.file_names import clean_file_name, free_path
 from ..samplers.memory_budget import check_sampling_fits, check_vae_fits
 
 log = logging.getLogger("zimage")
@@ -74,21 +76,33 @@ def model_path(folder: str, name: str) -> str:
     for base in _folder_dirs(sub_folder):
         candidate = os.path.join(base, rest)
         if os.path.exists(candidate):
+            if not os.access(candidate, os.R_OK):
+                raise ZImageInputError(f"{folder} model", f"'{name}', which this process may not read (permissions)", "a readable file",
+                                       f"fix the file's permissions (chmod a+r '{candidate}')")
             return candidate
+        if os.path.islink(candidate):
+            try:
+                os.stat(candidate)
+                problem = "a link that cannot be followed"
+            except OSError as exc:
+                problem = "a symlink loop" if exc.errno == errno.ELOOP else f"a broken link (to '{os.readlink(candidate)}')"
+            raise ZImageInputError(f"{folder} model", f"'{name}' is {problem}", "a model file or a link to one",
+                                   f"fix or remove the link '{candidate}'")
     raise ZImageInputError(
         f"{folder} model", f"no file '{name}' in {_folder_dirs(sub_folder) or 'any models folder'}",
         f"a file in ComfyUI's models/{sub_folder} folder", "put the file there and press 'r' (refresh) in ComfyUI, or pick another",
     )
 
 
-def new_model_path(folder: str, filename: str) -> str:
-    """Where a file the pack writes goes: the first directory of that models folder."""
+def new_model_path(folder: str, filename: str, overwrite: bool = False) -> str:
+    """Where a file the pack writes goes: the first directory of that models folder, under a checked
+    name; an existing file is kept (a counter is added) unless ``overwrite``."""
+    name = clean_file_name(filename, ".safetensors")
     dirs = _folder_dirs(folder)
     if not dirs:
         raise ZImageInputError("filename", f"no '{folder}' models folder", "ComfyUI's models folder", "run inside ComfyUI or set ZIMAGE_MODELS_DIR")
-    name = os.path.basename(filename) if filename.endswith(".safetensors") else os.path.basename(filename) + ".safetensors"
     os.makedirs(dirs[0], exist_ok=True)
-    return os.path.join(dirs[0], name)
+    return free_path(dirs[0], name, overwrite)
 
 
 class _Held(torch.nn.Module):

@@ -63,7 +63,16 @@ class ZImageControlNetApply:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, strength=-1.0):
+        if strength < 0 and strength != -1.0:
+            return (f"strength: found {strength}; expected -1 (the version's default) or 0 to 4. "
+                    "How to fix: negative strengths other than -1 have no meaning here; use a value from 0 (off) upwards")
+        return True
+
     def apply(self, model, controlnet, vae, strength=-1.0, start_percent=0.0, end_percent=1.0, resize="crop", image=None, inpaint_image=None, mask=None):
+        if self.VALIDATE_INPUTS(strength) is not True:  # also when run from a script, past ComfyUI's queue-time check
+            raise ZImageInputError("strength", str(strength), "-1 (the version's default) or 0 to 4", "use -1, or a value from 0 upwards")
         if start_percent > end_percent:
             raise ZImageInputError("start_percent", f"{start_percent} after end_percent {end_percent}", "start ≤ end", "swap the two values")
         if image is None and not (controlnet.inpaint_channels and inpaint_image is not None):
@@ -76,7 +85,7 @@ class ZImageControlNetApply:
         for name, value in (("image", image), ("inpaint_image", inpaint_image)):
             if value is not None:
                 preprocess._check_image(value, name)
-        spec = ControlSpec(controlnet, vae, image, controlnet.default_strength if strength < 0 else strength, start_percent, end_percent,
+        spec = ControlSpec(controlnet, vae, image, controlnet.default_strength if strength == -1.0 else strength, start_percent, end_percent,
                            inpaint_image, mask, resize)
         return (model.with_control(spec),)
 

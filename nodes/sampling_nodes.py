@@ -60,13 +60,17 @@ class ZImageEmptyLatent:
 
     @classmethod
     def VALIDATE_INPUTS(cls, width, height):
-        # Run at queue time, so a batch of prompts fails before any of them runs.
-        # (ComfyUI then skips its own min/max check for these two inputs: check_image_size covers it.)
-        try:
-            check_image_size(width, height, MAX_RESOLUTION)
-        except ZImageInputError as err:
-            return str(err)
-        return True
+        # Run at queue time, so a batch of prompts fails before any of them runs. (ComfyUI then skips its
+        # own min/max check for these two inputs: check_image_size covers it.) ComfyUI shows the one
+        # returned text under both inputs, so the text says which of the two is wrong and which is fine.
+        problems, fine = [], []
+        for name, value in (("width", width), ("height", height)):
+            try:
+                check_image_size(value, 16, MAX_RESOLUTION) if name == "width" else check_image_size(16, value, MAX_RESOLUTION)
+                fine.append(f"{name} {value} is fine")
+            except ZImageInputError as err:
+                problems.append(str(err))
+        return True if not problems else "; ".join(problems + fine)
 
     def generate(self, width, height, batch_size=1):
         return ({"samples": empty_latent(width, height, batch_size)},)
@@ -94,7 +98,7 @@ class ZImageTurboSampler:
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "1.0 = text-to-image; lower keeps more of the input latent (image-to-image)."}),
             },
             "optional": {
-                "negative": ("CONDITIONING", {"tooltip": "For Z-Image-Base with cfg > 1. Ignored when cfg is 1."}),
+                "negative": ("CONDITIONING", {"tooltip": "For Z-Image-Base with cfg > 1 (required then: connect an encoded empty text for a plain negative). Ignored when cfg is 1."}),
                 "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "1.0 = no CFG (Turbo). Base: 3-5, with a negative prompt."}),
                 "cfg_truncation": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "CFG stops once this fraction of the denoising is done (1.0 = never)."}),
                 "cfg_renorm": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip": "Caps the guided prediction's norm at this multiple of the positive one (0 = off)."}),
@@ -108,7 +112,12 @@ class ZImageTurboSampler:
         batch = samples.shape[0]
         features = features_from_conditioning(positive, model.cap_feat_dim, batch, "positive")
         guidance = None
-        if cfg != 1.0 and negative is not None:
+        if cfg != 1.0 and negative is None:
+            # diffusers' pipeline encodes an empty prompt in this case; silently dropping CFG would draw
+            # another picture than the one asked for, so the wire is asked for instead
+            raise ZImageInputError("negative", f"cfg {cfg} with no negative prompt connected", "a negative CONDITIONING when cfg is above 1",
+                                   "connect a Z-Image Text Encode to 'negative' (an empty text is the usual negative), or set cfg to 1.0 (Turbo)")
+        if cfg != 1.0:
             guidance = Guidance(cfg, cfg_truncation, cfg_renorm, features_from_conditioning(negative, model.cap_feat_dim, batch, "negative"))
         device = services.prepare_model_for_sampling(model, batch, samples.shape[2], samples.shape[3], cfg=guidance is not None)
         out = sample(model, features, samples, seed, steps, shift, denoise, guidance,

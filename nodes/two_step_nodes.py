@@ -71,10 +71,12 @@ class ZImageSaveStepBundle:
             "step_model": (ZIMAGE_STEP_MODEL, {"tooltip": "From Z-Image 2-Step Model."}),
             "filename": ("STRING", {"default": "z_image_2step_bundle", "tooltip": "File name in models/zimage_bundles (.safetensors is added)."}),
             "sigma_mid": _SIGMA_MID, "shift": _SHIFT, "step2_rule": _RULE,
+        }, "optional": {
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Off: an existing bundle of that name is kept and the new one gets a number (name_00001). On: replace it."}),
         }}
 
-    def save(self, step_model, filename, sigma_mid=0.5, shift=3.0, step2_rule="euler"):
-        path = services.new_model_path(services.BUNDLE_FOLDER, filename)
+    def save(self, step_model, filename, sigma_mid=0.5, shift=3.0, step2_rule="euler", overwrite=False):
+        path = services.new_model_path(services.BUNDLE_FOLDER, filename, overwrite)
         counts = save_bundle(step_model, path, StepSettings(sigma_mid, shift, step2_rule))
         text = f"{path}: {counts['shared']} shared tensors, {counts['per_step']} per step"
         return {"ui": {"text": [text]}, "result": (path,)}

@@ -152,3 +152,76 @@ def test_folder_without_config(tmp_path):
     with pytest.raises(ZImageInputError) as info:
         load_transformer(str(tmp_path))
     _assert_clear(info.value, "config.json")
+
+
+@pytest.mark.parametrize("name,found", [
+    ("", "empty"), ("   ", "empty"), ("bundles/", "path"), ("../../evil", "path"), ("a\\b", "path"), (".", "path"),
+    (".hidden", "hidden"), ("x" * 300, "bytes"), ("bad\x00name", "characters"), ("what?", "characters"), ("tab\tname", "characters"),
+])
+def test_save_bundle_names_are_checked(name, found):
+    from zimage_pack.loaders.file_names import clean_file_name
+
+    with pytest.raises(ZImageInputError) as err:
+        clean_file_name(name, ".safetensors")
+    assert "filename" in str(err.value) and found in str(err.value)
+
+
+def test_save_bundle_never_overwrites_silently(standalone_models, tiny_transformer, tmp_path):
+    from zimage_pack.loaders.transformer import load_transformer
+    from zimage_pack.nodes.two_step_nodes import ZImageSaveStepBundle
+    from zimage_pack.loaders.step_decoupled import from_models
+
+    model = load_transformer(standalone_models["comfy"])
+    steps = from_models(model, model)
+    node = ZImageSaveStepBundle()
+    first = node.save(steps, "my_bundle.safetensors")["result"][0]
+    second = node.save(steps, "my_bundle")["result"][0]
+    assert first.endswith("my_bundle.safetensors") and second.endswith("my_bundle_00001.safetensors")
+    before = os.path.getmtime(first)
+    third = node.save(steps, "my_bundle", overwrite=True)["result"][0]
+    assert third == first and os.path.getmtime(first) >= before
+    for path in (first, second):
+        os.remove(path)
+
+
+def test_width_and_height_are_named_each_on_their_own():
+    """ComfyUI shows the one VALIDATE_INPUTS text under both inputs: it says which one is wrong."""
+    message = ZImageEmptyLatent.VALIDATE_INPUTS(100, 1024)
+    assert message.startswith("width: found 100") and "height 1024 is fine" in message and "use 96" in message
+    message = ZImageEmptyLatent.VALIDATE_INPUTS(1024, 20000)
+    assert message.startswith("height: found 20000") and "width 1024 is fine" in message
+    assert ZImageEmptyLatent.VALIDATE_INPUTS(1024, 768) is True
+
+
+@pytest.mark.parametrize("kind", ["loop", "broken"])
+def test_symlink_loop_or_broken_link_is_named_as_such(standalone_models, kind):
+    from zimage_pack.nodes import comfy_services
+
+    folder = os.path.join(standalone_models["root"], "diffusion_models")
+    link = os.path.join(folder, f"{kind}.safetensors")
+    os.symlink(link if kind == "loop" else os.path.join(folder, "gone.safetensors"), link)
+    try:
+        assert f"{kind}.safetensors" in comfy_services.list_models("diffusion_models")
+        with pytest.raises(ZImageInputError) as err:
+            comfy_services.model_path("diffusion_models", f"{kind}.safetensors")
+        assert ("symlink loop" if kind == "loop" else "broken link") in str(err.value)
+    finally:
+        os.remove(link)
+
+
+def test_only_minus_one_means_default_controlnet_strength():
+    from zimage_pack.nodes.control_nodes import ZImageControlNetApply
+
+    assert ZImageControlNetApply.VALIDATE_INPUTS(-1.0) is True
+    assert ZImageControlNetApply.VALIDATE_INPUTS(0.0) is True and ZImageControlNetApply.VALIDATE_INPUTS(0.8) is True
+    message = ZImageControlNetApply.VALIDATE_INPUTS(-0.5)
+    assert message is not True and "strength: found -0.5" in message
+    with pytest.raises(ZImageInputError, match="strength"):
+        ZImageControlNetApply().apply(None, None, None, strength=-0.5)
+
+
+def test_cfg_without_a_negative_prompt_is_refused(model_files):
+    model = load_transformer(model_files["comfy"])
+    with pytest.raises(ZImageInputError) as err:
+        ZImageTurboSampler().run(model, [[torch.randn(1, 4, 32), {}]], {"samples": torch.zeros(1, 16, 4, 4)}, seed=1, steps=2, cfg=4.0)
+    assert "negative" in str(err.value) and "cfg 4.0" in str(err.value) and "empty text" in str(err.value)
