@@ -211,3 +211,15 @@ def write_controlnet(model, path: str, dtype: torch.dtype | None = None) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     save_file({k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in model.state_dict().items()}, path)
     return path
+
+
+def make_twinflow_transformer(seed: int = 0, **overrides) -> ZImageTransformer2DModel:
+    """A random TwinFlow-Z-Image transformer: the stock one plus ``t_embedder_2`` (as the authors'
+    checkpoint holds it: the same class and sizes as ``t_embedder``)."""
+    from diffusers.models.transformers.transformer_z_image import TimestepEmbedder
+
+    model = make_transformer(seed, **overrides)
+    first = model.t_embedder.mlp
+    model.t_embedder_2 = TimestepEmbedder(first[2].out_features, mid_size=first[0].out_features)
+    _randomise(model.t_embedder_2, seed + 100)
+    return model.eval().requires_grad_(False)

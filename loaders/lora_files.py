@@ -32,7 +32,7 @@ _SUFFIXES = {
 }
 _SUFFIX_ORDER = sorted(_SUFFIXES, key=len, reverse=True)
 _PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer.", "unet.", "model.",
-             "lora_unet_", "lycoris_", "lora_transformer_")
+             "lora_unet__", "lora_unet_", "lycoris_", "lora_transformer__", "lora_transformer_")  # some trainers join with two underscores
 
 # Other model families, by key fragments, for a clear refusal.
 _FAMILIES = [

@@ -28,7 +28,8 @@ from .errors import ZImageInputError
 from .model_files import describe_foreign_keys, strip_prefix
 from .quantized import install, quantized_layers
 from .residency import pick_device
-from .safetensors_io import diffusers_component_folder, require_file, stored_dtype
+from . import twinflow
+from .safetensors_io import diffusers_component_folder, open_safetensors, require_file, stored_dtype
 from .weight_files import read_weights
 
 log = logging.getLogger("zimage")
@@ -54,8 +55,9 @@ class ZImageTransformer:
 
     def describe(self) -> str:
         held = self.quantization or str(self.storage_dtype).replace("torch.", "")
+        kind = "TwinFlow-Z-Image transformer" if twinflow.is_twinflow(self.module) else "Z-Image transformer"
         guard = " (fp16 overflow protection on)" if self.compute_dtype == torch.float16 else ""
-        return f"Z-Image transformer {os.path.basename(self.source)}: weights {held}, compute {str(self.compute_dtype).replace('torch.', '')}{guard}, memory {self.memory_mode}"
+        return f"{kind} {os.path.basename(self.source)}: weights {held}, compute {str(self.compute_dtype).replace('torch.', '')}{guard}, memory {self.memory_mode}"
 
     def with_control(self, spec) -> "ZImageTransformer":
         return replace(self, controls=self.controls + (spec,))
@@ -105,7 +107,32 @@ def _load_folder(path: str, requested: torch.dtype | None) -> ZImageTransformer:
     storage = requested or stored_dtype(folder)
     load_dtype = compute_dtype_for(storage)
     module = ZImageTransformer2DModel.from_pretrained(folder, torch_dtype=load_dtype, local_files_only=True)
+    _load_folder_twin_embedder(module, folder, load_dtype)
     return finish_module(module, storage, path)
+
+
+def _load_folder_twin_embedder(module: ZImageTransformer2DModel, folder: str, dtype: torch.dtype) -> None:
+    """diffusers' from_pretrained drops tensors its class does not know: read t_embedder_2 ourselves."""
+    tensors = {}
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+        with open_safetensors(os.path.join(folder, name), WHAT) as handle:
+            tensors.update({twinflow.normalise_name(k): handle.get_tensor(k) for k in handle.keys() if twinflow.KEY in k})
+    twin = twinflow.check_embedder({k: tuple(v.shape) for k, v in tensors.items()}, os.path.basename(folder))
+    if twin is None:
+        return
+    twinflow.attach_embedder(module, *twin)
+    module.t_embedder_2.load_state_dict({k[len(twinflow.KEY):]: v.to(dtype) for k, v in tensors.items()})
+    module.t_embedder_2.requires_grad_(False)
+
+
+def _meta_module(config: dict, shapes: dict, path: str) -> ZImageTransformer2DModel:
+    """diffusers' module on the meta device, with TwinFlow's t_embedder_2 when the file has one."""
+    twin = twinflow.check_embedder({k: tuple(v.shape) for k, v in shapes.items()}, os.path.basename(path))
+    with torch.device("meta"):
+        module = ZImageTransformer2DModel(**config)
+        if twin is not None:
+            twinflow.attach_embedder(module, *twin)
+    return module
 
 
 def _load_single_file(path: str, requested: torch.dtype | None) -> ZImageTransformer:
@@ -121,8 +148,7 @@ def _load_single_file(path: str, requested: torch.dtype | None) -> ZImageTransfo
     else:
         state = {k: v.to(storage) for k, v in state.items()}
     config = config_from_state_dict(state, path)
-    with torch.device("meta"):
-        module = ZImageTransformer2DModel(**config)
+    module = _meta_module(config, state, path)
     check_keys(module, state, path)
     module.load_state_dict(state, strict=True, assign=True)
     del state
@@ -145,8 +171,7 @@ def _finish_from_weights(path: str, weights, compute: torch.dtype) -> ZImageTran
     plain = {k: v.to(compute) for k, v in weights.plain.items()}
     shapes = {**plain, **{f"{k}.weight": torch.empty(w.shape, device="meta") for k, w in weights.quantized.items()}}
     config = config_from_state_dict(shapes, path)
-    with torch.device("meta"):
-        module = ZImageTransformer2DModel(**config)
+    module = _meta_module(config, shapes, path)
     check_keys(module, shapes, path)
     install(module, weights.quantized, plain, compute, os.path.basename(path))
     missing, unexpected = module.load_state_dict(plain, strict=False, assign=True)
@@ -173,7 +198,7 @@ def read_transformer_state_dict(path: str):
     and the file's main plain weight dtype."""
     weights = read_weights(path, WHAT)
     names = weights.names()
-    prefix = strip_prefix(names, _PREFIXES)
+    prefix = strip_prefix([n for n in names if twinflow.KEY not in n], _PREFIXES)
     short = {n[len(prefix):] for n in names}
     if not all(sig in short for sig in _SIGNATURE) or not any(n.startswith("layers.") for n in short):
         looks_like, use_instead = describe_foreign_keys(names)
@@ -181,7 +206,7 @@ def read_transformer_state_dict(path: str):
             WHAT, f"'{os.path.basename(path)}' looks like {looks_like}",
             "a Z-Image transformer (keys cap_embedder.*, t_embedder.*, layers.N.*)", f"use {use_instead}",
         )
-    weights = weights.renamed(lambda n: n[len(prefix):] if n.startswith(prefix) else None)
+    weights = weights.renamed(lambda n: twinflow.normalise_name(n) or (n[len(prefix):] if n.startswith(prefix) else None))
     for pad in ("x_pad_token", "cap_pad_token"):  # stable-diffusion.cpp GGUF exports store them 1-D
         if pad in weights.plain and weights.plain[pad].ndim == 1:
             weights.plain[pad] = weights.plain[pad].unsqueeze(0)

@@ -6,6 +6,7 @@ from .control_nodes import ZImageCanny, ZImageControlNetApply, ZImageControlNetL
 from .lora_nodes import ZImageLoraLoader, ZImageLoraStack
 from .loader_nodes import ZImageTextEncoderLoader, ZImageTransformerLoader, ZImageVAELoader
 from .sampling_nodes import ZImageEmptyLatent, ZImageTextEncode, ZImageTurboSampler
+from .twinflow_nodes import ZImageTwinFlowSampler
 
 NODE_CLASS_MAPPINGS = {
     "ZImageTransformerLoader": ZImageTransformerLoader,
@@ -22,6 +23,7 @@ NODE_CLASS_MAPPINGS = {
     "ZImageStepBundleLoader": ZImageStepBundleLoader,
     "ZImageSaveStepBundle": ZImageSaveStepBundle,
     "ZImageTwoStepSampler": ZImageTwoStepSampler,
+    "ZImageTwinFlowSampler": ZImageTwinFlowSampler,
     "ZImageControlNetLoader": ZImageControlNetLoader,
     "ZImageControlNetApply": ZImageControlNetApply,
     "ZImageCanny": ZImageCanny,
@@ -44,6 +46,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ZImageStepBundleLoader": "Z-Image 2-Step Bundle Loader",
     "ZImageSaveStepBundle": "Z-Image Save 2-Step Bundle",
     "ZImageTwoStepSampler": "Z-Image 2-Step Sampler",
+    "ZImageTwinFlowSampler": "Z-Image TwinFlow Sampler (1-4 steps)",
     "ZImageControlNetLoader": "Z-Image ControlNet Loader (Fun Union)",
     "ZImageControlNetApply": "Z-Image Apply ControlNet",
     "ZImageCanny": "Z-Image Canny",

@@ -103,6 +103,76 @@ def two_step_vs_eight_step() -> list[Node]:
     ]
 
 
+TWINFLOW_FILE = "TwinFlow-Z-Image-Turbo_bf16.safetensors"
+BASE_FILE = "z_image_bf16.safetensors"
+DISTILL_LORA_FILE = "Z-Image-Fun-Lora-Distill-4-Steps.safetensors"
+TWINFLOW_NOTE = (
+    "TwinFlow-Z-Image-Turbo in 2 steps (inclusionAI, Apache-2.0).\n\n"
+    f"models/diffusion_models/{TWINFLOW_FILE} (the bf16 single file, or a diffusers folder, GGUF or fp8 repack: "
+    "the loader detects TwinFlow from its t_embedder_2)\n"
+    f"models/text_encoders/{TEXT_ENCODER_FILE}\nmodels/vae/{VAE_FILE}\n\n"
+    "nfe 2 (or up to 4), gaps -1 = the authors' values, stochastic_ratio 1. step1_latent is step 1's guess of the image."
+)
+
+
+def _twinflow_sampler(node_id: int, model: tuple, title: str | None = None, pos=(820, 0)) -> Node:
+    return Node(node_id, "ZImageTwinFlowSampler", {"model": model, "positive": (4, 0), "latent_image": (5, 0), "seed": 42, "nfe": 2, "gap_start": 0.001,
+                                                   "gap_end": -1.0, "stochastic_ratio": 1.0, "denoise": 1.0}, title, pos=pos, size=(320, 300))
+
+
+def twinflow() -> list[Node]:
+    base = [n for n in text_to_image() if n.class_type in ("ZImageTransformerLoader", "ZImageTextEncoderLoader", "ZImageVAELoader", "ZImageTextEncode", "ZImageEmptyLatent")]
+    next(n for n in base if n.class_type == "ZImageTransformerLoader").inputs["model_name"] = TWINFLOW_FILE
+    return base + [
+        Node(9, "Note", {"text": TWINFLOW_NOTE}, "Read me", pos=(-380, 40), size=(340, 300)),
+        _twinflow_sampler(10, (1, 0)),
+        Node(11, "ZImageVAEDecode", {"vae": (3, 0), "samples": (10, 0), "tile_size": 0}, pos=(1180, 0), size=(260, 100)),
+        Node(12, "SaveImage", {"images": (11, 0), "filename_prefix": "z-image-twinflow"}, pos=(1480, 0), size=(512, 560)),
+    ]
+
+
+def twinflow_with_lora() -> list[Node]:
+    nodes = [n for n in twinflow() if n.class_type != "Note"]
+    next(n for n in nodes if n.class_type == "ZImageTwinFlowSampler").inputs["model"] = (13, 0)
+    return nodes + [
+        Node(9, "Note", {"text": TWINFLOW_NOTE + "\n\nLoRAs trained on Z-Image-Turbo apply to TwinFlow as to Turbo (models/loras)."}, "Read me", pos=(-380, 40), size=(340, 320)),
+        Node(13, "ZImageLoraStack", {"model": (1, 0), "lora_1": LORA_FILE, "strength_1": 0.8, "lora_2": "None", "strength_2": 1.0,
+                                     "lora_3": "None", "strength_3": 1.0, "lora_4": "None", "strength_4": 1.0}, pos=(380, -300), size=(340, 260)),
+        Node(14, "PreviewAny", {"source": (13, 1)}, "LoRA report", pos=(760, -300), size=(420, 200)),
+    ]
+
+
+def base_with_distill_lora() -> list[Node]:
+    nodes = [n for n in text_to_image() if n.class_type != "Note"]
+    next(n for n in nodes if n.class_type == "ZImageTransformerLoader").inputs["model_name"] = BASE_FILE
+    sampler = next(n for n in nodes if n.class_type == "ZImageTurboSampler")
+    sampler.inputs.update(model=(10, 0), steps=4)
+    next(n for n in nodes if n.class_type == "SaveImage").inputs["filename_prefix"] = "z-image-base-4step"
+    note = ("Z-Image (Base) in 4 model calls with alibaba-pai's Z-Image-Fun-Lora-Distill (4-step) at strength 0.8, cfg 1.\n\n"
+            f"models/diffusion_models/{BASE_FILE}\nmodels/loras/{DISTILL_LORA_FILE}\n\n"
+            "The 8-step distill LoRA: steps 8. (The authors count scheduler steps: 5 = 4 model calls; the steps input here counts model calls.)")
+    return nodes + [
+        Node(9, "Note", {"text": note}, "Read me", pos=(-380, 40), size=(340, 300)),
+        Node(10, "ZImageLoraLoader", {"model": (1, 0), "lora_name": DISTILL_LORA_FILE, "strength": 0.8}, pos=(380, -200), size=(340, 110)),
+        Node(11, "PreviewAny", {"source": (10, 1)}, "LoRA report", pos=(760, -300), size=(420, 200)),
+    ]
+
+
+def turbo_vs_twinflow() -> list[Node]:
+    eight = [n for n in text_to_image() if n.class_type != "Note"]
+    next(n for n in eight if n.class_type == "SaveImage").inputs["filename_prefix"] = "z-image-turbo-8step"
+    next(n for n in eight if n.class_type == "ZImageTurboSampler").title = "Turbo, 8 steps"
+    loader = next(n for n in eight if n.class_type == "ZImageTransformerLoader")
+    twin_loader = Node(20, "ZImageTransformerLoader", {**loader.inputs, "model_name": TWINFLOW_FILE}, "TwinFlow", pos=(0, 560), size=(340, 190))
+    return eight + [
+        Node(9, "Note", {"text": "Side by side: the same prompt and seed with Z-Image-Turbo in 8 steps (top) and TwinFlow in 2 (bottom).\n\n" + TWINFLOW_NOTE}, "Read me", pos=(-380, 40), size=(340, 340)),
+        twin_loader,
+        _twinflow_sampler(21, (20, 0), "TwinFlow, 2 steps", pos=(820, 560)),
+        Node(22, "ZImageVAEDecode", {"vae": (3, 0), "samples": (21, 0), "tile_size": 0}, pos=(1180, 560), size=(260, 100)),
+        Node(23, "SaveImage", {"images": (22, 0), "filename_prefix": "z-image-twinflow-2step"}, pos=(2020, 0), size=(512, 560)),
+    ]
+
+
 CONTROLNET_FILE = "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors"
 TILE_CONTROLNET_FILE = "Z-Image-Turbo-Fun-Controlnet-Tile-2.1.safetensors"
 CONTROL_IMAGES = {"canny": "canny_source.png", "depth": "depth_map.png", "pose": "pose_map.png", "inpaint": "inpaint_source.png", "tile": "tile_lowres.png"}
@@ -170,6 +240,10 @@ WORKFLOWS = {
     "z_image_controlnet_pose": controlnet_pose,
     "z_image_controlnet_inpaint": controlnet_inpaint,
     "z_image_controlnet_tile_upscale": controlnet_tile_upscale,
+    "z_image_twinflow_2step": twinflow,
+    "z_image_twinflow_lora": twinflow_with_lora,
+    "z_image_base_4step_distill_lora": base_with_distill_lora,
+    "z_image_turbo_vs_twinflow": turbo_vs_twinflow,
 }
 
 

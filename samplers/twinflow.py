@@ -1,0 +1,105 @@
+"""TwinFlow's few-step sampler ("few" style, 1–4 NFE), in the pack's conventions.
+
+    ts  = linspace(g0, 1 − g1, N);  σ = bf16(1 − ts) then 0      (2 NFE: [1.0, 0.6015625, 0])
+    for each (σ, σ_next), target timestep 0:
+        F  = velocity(x, σ)                 (the pack's v: −model output, t_embedder_2 term on)
+        x0 = x − σ·F ;  z = x + (1 − σ)·F
+        x  = (1 − σ_next)·x0 + σ_next·(√(1 − r)·z + √r·ε)      fresh ε per step, r = stochastic ratio
+    return the last x0
+
+With r = 1 this is the 2-step sampler's x0 + re-noise rule. ε comes from the seed's generator after
+ComfyUI's start noise, as the 2-step sampler draws its re-noise, so a seed means the same picture
+here and in the authors' pipeline fed the same noises.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from ..loaders.compute_dtype import check_finite
+from ..loaders.errors import ZImageInputError
+from ..loaders.param_sets import prepare_weights
+from ..loaders.twinflow import target_timestep
+from .latents import check_latent, to_model_space, to_raw_space
+from .turbo import StepCallback, block_interrupts, interruptible_modules, predict_velocity
+
+# The authors' gaps (g0, g1) by NFE.
+DEFAULT_GAPS = {1: (0.001, 0.6), 2: (0.001, 0.6), 3: (0.001, 0.5), 4: (0.001, 0.5)}
+MAX_NFE = 4
+
+
+def twinflow_sigmas(nfe: int, gap_start: float | None = None, gap_end: float | None = None, denoise: float = 1.0) -> torch.Tensor:
+    """σ for ``nfe`` model calls, a terminal 0 appended; ``denoise`` < 1 keeps the last ``nfe``
+    of a longer schedule, as KSampler does."""
+    if not 1 <= nfe <= MAX_NFE:
+        raise ZImageInputError("nfe", str(nfe), f"1 to {MAX_NFE} model calls", "TwinFlow is made for 1–4 steps: use 2 (or 4)")
+    if not 0 < denoise <= 1:
+        raise ZImageInputError("denoise", str(denoise), "a value in (0, 1]", "use 1.0 for text-to-image")
+    total = nfe if denoise >= 1 else max(nfe, min(MAX_NFE * 4, int(nfe / denoise)))
+    g0, g1 = DEFAULT_GAPS[min(total, MAX_NFE)]
+    g0 = g0 if gap_start is None else gap_start
+    g1 = g1 if gap_end is None else gap_end
+    if not (0 <= g0 < 1 - g1 <= 1):
+        raise ZImageInputError("gap_end", f"gaps ({g0}, {g1})", "0 ≤ gap_start < 1 − gap_end", "use the defaults (0.001, 0.6 for 2 steps; 0.5 for 4)")
+    ts = torch.linspace(g0, 1 - g1, total, dtype=torch.float64)
+    sigmas = (1 - ts).to(torch.bfloat16).to(torch.float32)  # the reference rounds σ to bf16
+    sigmas = torch.cat([sigmas, torch.zeros(1)])
+    return sigmas[-(nfe + 1):]
+
+
+def seeded_noises(shape, seed: int, count: int) -> list[torch.Tensor]:
+    """ComfyUI's start noise for ``seed`` and ``count − 1`` further draws from the same generator."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
+    return [torch.randn(tuple(shape), generator=generator, dtype=torch.float32) for _ in range(count)]
+
+
+@torch.no_grad()
+def sample_twinflow(
+    transformer,
+    features: list[torch.Tensor],
+    latent: torch.Tensor,
+    seed: int,
+    nfe: int = 2,
+    gap_start: float | None = None,
+    gap_end: float | None = None,
+    stochastic_ratio: float = 1.0,
+    denoise: float = 1.0,
+    on_step: StepCallback | None = None,
+    check_interrupt: Callable[[], None] | None = None,
+    sigmas: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final latent, step-1 x0 prediction), both in ComfyUI's raw VAE space on the CPU."""
+    check_latent(latent)
+    if len(features) != latent.shape[0]:
+        raise ZImageInputError("positive", f"{len(features)} prompt features", f"{latent.shape[0]} (one per latent)", "encode one prompt per image, or one for all")
+    if not 0 <= stochastic_ratio <= 1:
+        raise ZImageInputError("stochastic_ratio", str(stochastic_ratio), "0 (deterministic) to 1 (fresh noise, the authors' default)", "use 1.0")
+    if sigmas is None:
+        sigmas = twinflow_sigmas(nfe, gap_start, gap_end, denoise)
+    total = len(sigmas) - 1
+    noise, *fresh = seeded_noises(latent.shape, seed, total + 1)
+    prepare_weights(transformer)
+    device = transformer.device
+    s0 = float(sigmas[0])
+    x = (s0 * noise + (1.0 - s0) * to_model_space(latent.float())).to(device)
+    r = float(stochastic_ratio)
+    x0_first = x0 = None
+    with block_interrupts(interruptible_modules(transformer), check_interrupt), target_timestep(transformer.module, 0.0):
+        for i in range(total):
+            if check_interrupt is not None:
+                check_interrupt()
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            v = predict_velocity(transformer, x, sigma, features, None)
+            check_finite(v, i, total, transformer.compute_dtype)
+            x0 = x - sigma * v
+            z = x + (1.0 - sigma) * v
+            if x0_first is None:
+                x0_first = x0
+            if on_step is not None:
+                on_step(i, total, x0)
+            mixed = math.sqrt(1.0 - r) * z + math.sqrt(r) * fresh[i].to(device)
+            x = (1.0 - sigma_next) * x0 + sigma_next * mixed
+    return to_raw_space(x0).cpu(), to_raw_space(x0_first).cpu()

@@ -1,0 +1,158 @@
+"""TwinFlow-Z-Image-Turbo: loading t_embedder_2 from every layout, and the few-step sampler against
+an independent float32 computation of the authors' formulas on the same weights and noise."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from zimage_pack.loaders import demo_models as dm
+from zimage_pack.loaders import demo_quantized as dq
+from zimage_pack.loaders.errors import ZImageInputError
+from zimage_pack.loaders.transformer import load_transformer
+from zimage_pack.loaders.twinflow import is_twinflow
+from zimage_pack.samplers.latents import to_model_space, to_raw_space
+from zimage_pack.samplers.twinflow import sample_twinflow, seeded_noises, twinflow_sigmas
+
+
+@pytest.fixture(scope="module")
+def twin():
+    return dm.make_twinflow_transformer(seed=11)
+
+
+@pytest.fixture(scope="module")
+def twin_files(twin, tmp_path_factory):
+    root = tmp_path_factory.mktemp("twinflow")
+    state = dm.diffusers_to_comfy_transformer_keys({k: v.contiguous() for k, v in twin.state_dict().items()})
+    plain = str(root / "TwinFlow-Z-Image-Turbo.safetensors")
+    save_file(state, plain)
+    prefixed = str(root / "twinflow_prefixed.safetensors")  # ComfyUI prefix on the model, extended_weights. on t_embedder_2
+    save_file({(f"extended_weights.{k}" if k.startswith("t_embedder_2.") else f"model.diffusion_model.{k}"): v for k, v in state.items()}, prefixed)
+    folder = str(root / "TwinFlow-Z-Image-Turbo" / "transformer")
+    twin.save_pretrained(folder, safe_serialization=True)
+    gguf = dq.write_gguf_transformer(twin, str(root / "TwinFlow-Z-Image-Turbo-Q8_0.gguf"), "Q8_0")
+    return {"plain": plain, "prefixed": prefixed, "folder": folder, "gguf": gguf, "root": root, "state": state}
+
+
+@pytest.mark.parametrize("layout", ["plain", "prefixed", "folder", "gguf"])
+def test_twinflow_loads_from_every_layout(twin, twin_files, layout):
+    loaded = load_transformer(twin_files[layout])
+    assert is_twinflow(loaded.module) and "TwinFlow" in loaded.describe()
+    want = twin.t_embedder_2.mlp[0].weight
+    got = loaded.module.t_embedder_2.mlp[0]
+    got = got.dequantized(torch.float32) if hasattr(got, "dequantized") else got.weight.float()
+    assert torch.allclose(got, want, atol=2e-2 * want.abs().max().item())  # exact but for Q8_0 rounding
+
+
+def test_plain_z_image_is_not_twinflow(model_files):
+    assert not is_twinflow(load_transformer(model_files["comfy"]).module)
+
+
+@pytest.mark.parametrize("damage", ["missing_bias", "wrong_shape"])
+def test_broken_t_embedder_2_is_refused(twin_files, tmp_path, damage):
+    state = dict(twin_files["state"])
+    if damage == "missing_bias":
+        del state["t_embedder_2.mlp.2.bias"]
+    else:
+        state["t_embedder_2.mlp.2.weight"] = state["t_embedder_2.mlp.2.weight"][:, :100].contiguous()
+    path = str(tmp_path / "broken_twinflow.safetensors")
+    save_file(state, path)
+    with pytest.raises(ZImageInputError, match="t_embedder_2"):
+        load_transformer(path)
+
+
+def test_sigmas_follow_the_reference():
+    assert twinflow_sigmas(2).tolist() == [1.0, 0.6015625, 0.0]
+    four = twinflow_sigmas(4)
+    ts = torch.linspace(0.001, 0.5, 4, dtype=torch.float64)
+    assert four.tolist() == (1 - ts).to(torch.bfloat16).float().tolist() + [0.0]
+    with pytest.raises(ZImageInputError, match="nfe"):
+        twinflow_sigmas(8)
+
+
+def _reference_velocity(module, x, sigma, caps):
+    """The formulas in float32, independent of the pack's hook: adaLN = t_emb(1000 t) +
+    t_emb2(1000 (0 − t)) · |t − 0|, through diffusers' own forward with t_embedder swapped for it."""
+    inner, second = module.t_embedder, module.t_embedder_2
+
+    class Reference(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.second = inner, second
+            self.mlp = inner.mlp  # diffusers reads t_embedder.mlp[0].weight.dtype
+
+        def forward(self, t_scaled):
+            t = t_scaled / 1000.0
+            return self.inner(t_scaled) + self.second((0.0 - t) * 1000.0) * (t - 0.0).abs()[:, None]
+
+    module.t_embedder = Reference()
+    try:
+        t = torch.full((x.shape[0],), 1.0 - sigma)
+        out = module(list(x.unsqueeze(2).unbind(0)), t, caps, return_dict=False)[0]
+    finally:
+        module.t_embedder = inner
+    return -torch.stack(out).squeeze(2)
+
+
+def _reference_sample(module, caps, shape, seed, sigmas, r=1.0):
+    noise, *fresh = seeded_noises(shape, seed, len(sigmas))
+    x = noise.clone()
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        f = _reference_velocity(module, x, sigma, caps)
+        x0 = x - sigma * f
+        z = x + (1 - sigma) * f
+        x = (1 - sigma_next) * x0 + sigma_next * (math.sqrt(1 - r) * z + math.sqrt(r) * fresh[i])
+    return to_raw_space(x0)
+
+
+@pytest.mark.parametrize("nfe,ratio", [(2, 1.0), (4, 1.0), (4, 0.5)])
+def test_sample_equals_the_formulas_in_float32(twin_files, nfe, ratio):
+    loaded = load_transformer(twin_files["plain"])  # float32 file: float32 compute
+    reference = dm.make_twinflow_transformer(seed=0)
+    reference.load_state_dict(loaded.module.state_dict())
+    caps = [torch.randn(7, 32, generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    latent = torch.zeros(2, 16, 8, 6)
+    got, first = sample_twinflow(loaded, caps, latent, seed=21, nfe=nfe, stochastic_ratio=ratio)
+    want = _reference_sample(reference, caps, latent.shape, 21, twinflow_sigmas(nfe), ratio)
+    assert (got - want).abs().max() <= 1e-4
+    assert first.shape == got.shape and not torch.equal(first, got)
+
+
+def test_t_embedder_2_is_exercised(twin_files):
+    """A perturbed t_embedder_2 changes the velocity where t > 0 (σ 0.6: step 2 of 2 NFE) and the
+    sample; at σ = 1 (t = 0, step 1 of 2 NFE) its term is |t − 0| · … = 0, as in the reference."""
+    from zimage_pack.loaders.twinflow import target_timestep
+    from zimage_pack.samplers.turbo import predict_velocity
+
+    loaded = load_transformer(twin_files["plain"])
+    caps = [torch.randn(7, 32)]
+    x = torch.randn(1, 16, 8, 6)
+    latent = torch.zeros(1, 16, 8, 6)
+    with target_timestep(loaded.module, 0.0):
+        at_06, at_1 = predict_velocity(loaded, x, 0.6015625, caps, None), predict_velocity(loaded, x, 1.0, caps, None)
+    before = sample_twinflow(loaded, caps, latent, seed=5)[0]
+    with torch.no_grad():
+        loaded.module.t_embedder_2.mlp[2].weight.mul_(3.0)
+    with target_timestep(loaded.module, 0.0):
+        assert not torch.allclose(predict_velocity(loaded, x, 0.6015625, caps, None), at_06)
+        assert torch.equal(predict_velocity(loaded, x, 1.0, caps, None), at_1)
+    assert not torch.allclose(sample_twinflow(loaded, caps, latent, seed=5)[0], before)
+    assert torch.equal(predict_velocity(loaded, x, 0.6015625, caps, None), predict_velocity(loaded, x, 0.6015625, caps, None))
+
+
+def test_turbo_sampler_on_a_twinflow_model_ignores_the_second_embedder(twin_files):
+    from zimage_pack.samplers.turbo import sample
+
+    loaded = load_transformer(twin_files["plain"])
+    caps, latent = [torch.randn(7, 32)], torch.zeros(1, 16, 8, 6)
+    a = sample(loaded, caps, latent, seed=2, steps=2)
+    with torch.no_grad():
+        loaded.module.t_embedder_2.mlp[2].weight.mul_(5.0)
+    assert torch.equal(sample(loaded, caps, latent, seed=2, steps=2), a)
+
+
+def test_twinflow_sampler_refuses_a_plain_model(model_files):
+    with pytest.raises(ZImageInputError, match="TwinFlow"):
+        sample_twinflow(load_transformer(model_files["comfy"]), [torch.randn(4, 32)], torch.zeros(1, 16, 4, 4), seed=1)
