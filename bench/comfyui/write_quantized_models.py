@@ -1,6 +1,7 @@
 """Write small seeded Z-Image models under the real file names into a ComfyUI models folder, in the
 quantised layouts users download (int8 + ConvRot, nvfp4, GGUF Q8_0 transformers; fp8_mixed and GGUF
-Qwen3 text encoders), plus bf16 versions and a VAE.
+Qwen3 text encoders), plus bf16 versions, a TwinFlow transformer, a Base file, LoRAs and a VAE: every
+example workflow's files.
 
     python bench/comfyui/write_quantized_models.py /path/to/ComfyUI/models
 """
@@ -23,4 +24,17 @@ dm.write_text_encoder(te, f"{M}/text_encoders/qwen_3_4b.safetensors")
 dq.write_quantized_text_encoder(te, f"{M}/text_encoders/qwen_3_4b_fp8_mixed.safetensors", "float8_e4m3fn")
 dq.write_gguf_text_encoder(te, f"{M}/text_encoders/Qwen3-4B-Q8_0.gguf", "Q8_0")
 dm.write_vae(dm.make_vae(2), f"{M}/vae/ae.safetensors")
+from safetensors.torch import save_file  # noqa: E402
+
+from zimage_pack.loaders.demo_loras import write_lora  # noqa: E402
+from zimage_pack.workflows import build  # noqa: E402
+
+twin = dm.make_twinflow_transformer(3, dim=256, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=256, axes_dims=[32, 48, 48])
+save_file(dm.diffusers_to_comfy_transformer_keys({k: v.contiguous() for k, v in twin.state_dict().items()}), f"{M}/diffusion_models/{build.TWINFLOW_FILE}")
+dm.write_transformer(t, f"{M}/diffusion_models/{build.BASE_FILE}", "comfy", dtype=torch.bfloat16)
+import os  # noqa: E402
+
+os.makedirs(f"{M}/loras", exist_ok=True)
+write_lora(t, f"{M}/loras/{build.LORA_FILE}", "musubi")
+write_lora(t, f"{M}/loras/{build.DISTILL_LORA_FILE}", "peft")
 print("written under", M)
