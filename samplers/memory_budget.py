@@ -116,7 +116,7 @@ def check_sampling_fits(transformer, batch: int, latent_h: int, latent_w: int, c
     if device.type != "cpu" and chosen == "full" and sampling_bytes(transformer, batch, latent_h, latent_w, cfg, "block_offload", device) <= cap:
         hints.append("or set the Transformer Loader's memory_mode to block_offload (it fits then)")
     if batch > 1 and need_at(1, latent_h, latent_w) <= cap:
-        hints.append(f"or lower batch_size (batch 1 fits)")
+        hints.append("or lower batch_size (batch 1 fits)")
     size = f"{latent_w * 8}×{latent_h * 8}" + (f" × batch {batch}" if batch > 1 else "") + (" with CFG" if cfg else "")
     fits = f"{side}×{side} fits" if side else "no size fits"
     raise ZImageInputError(

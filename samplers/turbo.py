@@ -100,6 +100,21 @@ def interruptible_modules(transformer) -> list:
     return [transformer.module] + [spec.controlnet.module for spec in getattr(transformer, "controls", ())]
 
 
+def start_latent(latent: torch.Tensor, noise: torch.Tensor, sigma0: float, device) -> torch.Tensor:
+    """x at the first σ (model space): pure noise for text-to-image, noised input for image-to-image."""
+    return (sigma0 * noise + (1.0 - sigma0) * to_model_space(latent.float())).to(device)
+
+
+def checked_velocity(transformer, x, sigmas, i: int, features, guidance, check_interrupt) -> tuple[float, float, torch.Tensor]:
+    """(σ_i, σ_i+1, velocity at step i): the interrupt checked first, a non-finite output refused."""
+    if check_interrupt is not None:
+        check_interrupt()
+    sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+    v = predict_velocity(transformer, x, sigma, features, guidance)
+    check_finite(v, i, len(sigmas) - 1, transformer.compute_dtype)
+    return sigma, sigma_next, v
+
+
 @torch.no_grad()
 def sample(
     transformer,
@@ -128,16 +143,11 @@ def sample(
     device = transformer.device
     if noise is None:
         noise = comfy_noise(latent.shape, seed)
-    sigma0 = float(sigmas[0])
-    x = (sigma0 * noise + (1.0 - sigma0) * to_model_space(latent.float())).to(device)
+    x = start_latent(latent, noise, float(sigmas[0]), device)
     total = len(sigmas) - 1
     with block_interrupts(interruptible_modules(transformer), check_interrupt):
         for i in range(total):
-            if check_interrupt is not None:
-                check_interrupt()
-            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-            v = predict_velocity(transformer, x, sigma, features, guidance)
-            check_finite(v, i, total, transformer.compute_dtype)
+            sigma, sigma_next, v = checked_velocity(transformer, x, sigmas, i, features, guidance, check_interrupt)
             if on_step is not None:
                 on_step(i, total, x - sigma * v)  # x0 prediction, for previews
             x = x + (sigma_next - sigma) * v

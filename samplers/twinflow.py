@@ -19,12 +19,11 @@ from typing import Callable
 
 import torch
 
-from ..loaders.compute_dtype import check_finite
 from ..loaders.errors import ZImageInputError
 from ..loaders.param_sets import prepare_weights
 from ..loaders.twinflow import target_timestep
-from .latents import check_latent, to_model_space, to_raw_space
-from .turbo import StepCallback, block_interrupts, interruptible_modules, predict_velocity
+from .latents import check_latent, to_raw_space
+from .turbo import StepCallback, block_interrupts, checked_velocity, interruptible_modules, start_latent
 
 # The authors' gaps (g0, g1) by NFE.
 DEFAULT_GAPS = {1: (0.001, 0.6), 2: (0.001, 0.6), 3: (0.001, 0.5), 4: (0.001, 0.5)}
@@ -83,17 +82,12 @@ def sample_twinflow(
     noise, *fresh = seeded_noises(latent.shape, seed, total + 1)
     prepare_weights(transformer)
     device = transformer.device
-    s0 = float(sigmas[0])
-    x = (s0 * noise + (1.0 - s0) * to_model_space(latent.float())).to(device)
+    x = start_latent(latent, noise, float(sigmas[0]), device)
     r = float(stochastic_ratio)
     x0_first = x0 = None
     with block_interrupts(interruptible_modules(transformer), check_interrupt), target_timestep(transformer.module, 0.0):
         for i in range(total):
-            if check_interrupt is not None:
-                check_interrupt()
-            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-            v = predict_velocity(transformer, x, sigma, features, None)
-            check_finite(v, i, total, transformer.compute_dtype)
+            sigma, sigma_next, v = checked_velocity(transformer, x, sigmas, i, features, None, check_interrupt)
             x0 = x - sigma * v
             z = x + (1.0 - sigma) * v
             if x0_first is None:
