@@ -26,6 +26,10 @@ class HostMemoryManager:
     def release(self, module: torch.nn.Module) -> None:
         raise NotImplementedError
 
+    def evictable_bytes(self, device: torch.device, module: torch.nn.Module) -> int:
+        """Bytes on ``device`` the host would free for ``module`` (its own included when loaded)."""
+        return 0
+
 
 _host: HostMemoryManager | None = None
 
@@ -137,6 +141,22 @@ def transformer_activation_bytes(module: torch.nn.Module, batch: int, height: in
     return batch * tokens * (3 * hidden + 8 * dim) * 2
 
 
+def room_for(module: torch.nn.Module, device: torch.device, keep: tuple = ()) -> int | None:
+    """What ``module`` could have on ``device``: the free memory plus what the models that may be
+    moved off hold (the pack's own others, or what the host's memory manager can evict), plus the
+    module itself when it is already there."""
+    free = _free_bytes(device)
+    if free is None:
+        return None
+    if _host is not None:
+        free += _host.evictable_bytes(device, module)
+    else:
+        free += sum(module_bytes(m) for m in list(_resident.values()) if m is not module and not any(m is k for k in keep) and device_of(m) == device)
+    if _placement(module).mode == "full" and device_of(module) == device and _host is None:
+        free += module_bytes(module)  # already resident: its own bytes count as free
+    return free
+
+
 def choose_mode(module: torch.nn.Module, free: int | None, activations: int) -> str:
     """``auto``: the whole model when it fits with the activations, else one block at a time
     (two with prefetch), else one layer at a time."""
@@ -160,11 +180,7 @@ def place_transformer(module: torch.nn.Module, device: torch.device, mode: str, 
     if device.type == "cpu":
         mode = "full"  # nothing to offload to
     elif mode == "auto":
-        current = _placement(module)
-        free = _free_bytes(device)
-        if free is not None and current.mode == "full" and device_of(module) == device:
-            free += module_bytes(module)  # already resident: its own bytes count as free
-        mode = choose_mode(module, free, activations)
+        mode = choose_mode(module, room_for(module, device, keep), activations)
     state = _placement(module)
     if mode == "full":
         if state.mode != "full":

@@ -132,6 +132,11 @@ class _ComfyMemory(residency.HostMemoryManager):
         # a full load: ComfyUI's partial (lowvram) loading casts only its own layer types
         _mm.load_models_gpu([self.patcher(m) for m in modules], memory_required=extra_bytes, force_full_load=True)
 
+    def evictable_bytes(self, device, module):
+        # every model ComfyUI holds on the device can be offloaded by its free_memory, ours included
+        return sum(loaded.model_loaded_memory() for loaded in list(_mm.current_loaded_models)
+                   if loaded.model is not None and loaded.device == device)
+
     def release(self, module):
         patcher = module.__dict__.get("_zimage_patcher")
         for loaded in list(_mm.current_loaded_models):

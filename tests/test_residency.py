@@ -105,3 +105,19 @@ def test_auto_keeps_an_fp8_sized_model_whole_on_an_8_gb_card():
     assert residency.module_bytes(model) < 6 * GiB
     act = residency.transformer_activation_bytes(model, 1, 128, 128)
     assert residency.choose_mode(model, int(7.5 * GiB), act) == "full"
+
+
+def test_auto_counts_the_memory_other_models_could_give_back(monkeypatch):
+    """A 16 GB card with the text encoder still on it: the transformer runs whole (the encoder is
+    moved off), not offloaded block by block."""
+    GiB = 1 << 30
+    model = _real_size_transformer()
+    encoder = torch.nn.Linear(1, 1, bias=False)
+    encoder.weight = torch.nn.Parameter(torch.empty(2 * GiB, device="meta"))  # 8 GiB in float32, sizes only
+    monkeypatch.setattr(residency, "_free_bytes", lambda device: 7 * GiB)  # 16 GB card: 8 GiB encoder + desktop
+    monkeypatch.setattr(residency, "device_of", lambda m: GPU if m is encoder else torch.device("cpu"))
+    monkeypatch.setitem(residency._resident, id(encoder), encoder)
+    act = residency.transformer_activation_bytes(model, 1, 128, 128)
+    room = residency.room_for(model, GPU)
+    assert room == 15 * GiB and residency.choose_mode(model, room, act) == "full"
+    assert residency.room_for(model, GPU, keep=(encoder,)) == 7 * GiB  # what the same run keeps stays
