@@ -1,6 +1,6 @@
 """ComfyUI node registrations."""
 
-from .image_nodes import ZImageVAEDecode, ZImageVAEEncode
+from .image_nodes import ZImageReadMetadata, ZImageSaveImage, ZImageVAEDecode, ZImageVAEEncode
 from .two_step_nodes import ZImageSaveStepBundle, ZImageStepBundleLoader, ZImageTwoStepModel, ZImageTwoStepSampler
 from .control_nodes import ZImageCanny, ZImageControlNetApply, ZImageControlNetLoader, ZImageGray, ZImageScribble
 from .lora_nodes import ZImageLoraLoader, ZImageLoraStack
@@ -17,6 +17,8 @@ NODE_CLASS_MAPPINGS = {
     "ZImageTurboSampler": ZImageTurboSampler,
     "ZImageVAEDecode": ZImageVAEDecode,
     "ZImageVAEEncode": ZImageVAEEncode,
+    "ZImageSaveImage": ZImageSaveImage,
+    "ZImageReadMetadata": ZImageReadMetadata,
     "ZImageLoraLoader": ZImageLoraLoader,
     "ZImageLoraStack": ZImageLoraStack,
     "ZImageTwoStepModel": ZImageTwoStepModel,
@@ -40,6 +42,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ZImageTurboSampler": "Z-Image Turbo Sampler",
     "ZImageVAEDecode": "Z-Image VAE Decode",
     "ZImageVAEEncode": "Z-Image VAE Encode",
+    "ZImageSaveImage": "Z-Image Save Image (with metadata)",
+    "ZImageReadMetadata": "Z-Image Read Image Metadata",
     "ZImageLoraLoader": "Z-Image LoRA",
     "ZImageLoraStack": "Z-Image LoRA Stack",
     "ZImageTwoStepModel": "Z-Image 2-Step Model",

@@ -149,6 +149,46 @@ if IN_COMFYUI:
     residency.set_host_memory_manager(_ComfyMemory())
 
 
+def find_model(folder: str, name: str) -> str | None:
+    """A listed model's path, or None (for hashing into metadata: a missing file is no error there)."""
+    try:
+        return model_path(folder, name)
+    except ZImageInputError:
+        return None
+
+
+def output_image_path(prefix: str, width: int, height: int, extension: str) -> tuple[str, str, str]:
+    """(full path, subfolder, file name) for a new picture: ComfyUI's own numbering in its output
+    folder; standalone, ZIMAGE_OUTPUT_DIR (default ./out) with the same numbering."""
+    if IN_COMFYUI:
+        folder, name, counter, subfolder, _ = _folder_paths.get_save_image_path(prefix, _folder_paths.get_output_directory(), width, height)
+        file_name = f"{name}_{counter:05}_.{extension}"
+        return os.path.join(folder, file_name), subfolder, file_name
+    root = os.environ.get("ZIMAGE_OUTPUT_DIR", os.path.join(os.getcwd(), "out"))
+    folder = os.path.join(root, os.path.dirname(prefix))
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.basename(prefix) or "z-image"
+    counter = 1
+    while os.path.exists(os.path.join(folder, f"{stem}_{counter:05}_.{extension}")):
+        counter += 1
+    file_name = f"{stem}_{counter:05}_.{extension}"
+    return os.path.join(folder, file_name), os.path.dirname(prefix), file_name
+
+
+def input_file(name: str) -> str:
+    """A file in ComfyUI's input folder (or an absolute path)."""
+    if os.path.isabs(name):
+        return require_input(name)
+    base = _folder_paths.get_input_directory() if IN_COMFYUI else os.environ.get("ZIMAGE_INPUT_DIR", os.getcwd())
+    return require_input(os.path.join(base, name))
+
+
+def require_input(path: str) -> str:
+    if not os.path.isfile(path):
+        raise ZImageInputError("image", f"no file '{path}'", "a PNG or WebP in ComfyUI's input folder", "upload the picture or check its name")
+    return path
+
+
 def bundled_tokenizer_dir() -> str:
     """ComfyUI ships the Qwen2 BPE tokenizer files; standalone, ZIMAGE_TOKENIZER_DIR points at a copy."""
     if IN_COMFYUI:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from ..loaders.errors import ZImageInputError
+from ..loaders.image_metadata import generation_parameters, parameters_text, read_metadata, save_image
 from ..loaders.vae import decode, encode
 from ..samplers.latents import check_latent
 from ..samplers.memory_budget import check_vae_fits
@@ -56,3 +59,53 @@ class ZImageVAEEncode:
         check_vae_fits(vae, h, w, pixels.shape[0], tile_size, False, services.compute_device())
         services.to_compute_device(vae.model)
         return ({"samples": encode(vae, pixels, tile_size)},)
+
+
+class ZImageSaveImage:
+    DESCRIPTION = ("Saves images as PNG or WebP with how they were made: ComfyUI's prompt and workflow (drag the picture onto the "
+                   "canvas to get the graph back) and the plain 'parameters' text image sites read: prompt, negative, seed, steps, "
+                   "sampler settings, the model, LoRAs and ControlNets with strengths and SHA-256 hashes.")
+    CATEGORY = f"{CATEGORY}/image"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("parameters",)
+    OUTPUT_TOOLTIPS = ("The parameters text written into the pictures.",)
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+    SEARCH_ALIASES = ["save image metadata", "save png info", "save webp"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "From a VAE Decode."}),
+            "filename_prefix": ("STRING", {"default": "z-image", "tooltip": "File name start, in ComfyUI's output folder (subfolders allowed: people/z-image)."}),
+            "format": (["png", "webp"], {"default": "png", "tooltip": "png: lossless, read everywhere. webp: smaller; the metadata goes into EXIF."}),
+        }, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"}}
+
+    def save(self, images, filename_prefix="z-image", format="png", prompt=None, extra_pnginfo=None, unique_id=None):
+        params = generation_parameters(prompt or {}, str(unique_id), services.find_model) if prompt and unique_id is not None else {}
+        text = parameters_text(params) if params.get("sampler") else ""
+        saved = []
+        for image in images:
+            pixels = (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            path, subfolder, name = services.output_image_path(filename_prefix, pixels.shape[1], pixels.shape[0], format)
+            save_image(pixels, path, prompt, extra_pnginfo, text)
+            saved.append({"filename": name, "subfolder": subfolder, "type": "output"})
+        return {"ui": {"images": saved}, "result": (text,)}
+
+
+class ZImageReadMetadata:
+    DESCRIPTION = "Reads what a picture carries: the parameters text and the workflow (PNG or WebP from ComfyUI or this pack)."
+    CATEGORY = f"{CATEGORY}/image"
+    RETURN_TYPES = ("STRING", "STRING", "STRING")
+    RETURN_NAMES = ("parameters", "prompt_json", "workflow_json")
+    OUTPUT_TOOLTIPS = ("The A1111-style parameters text ('' if none).", "The API graph as JSON ('' if none).", "The UI workflow as JSON ('' if none).")
+    FUNCTION = "read"
+    SEARCH_ALIASES = ["png info", "read metadata", "image parameters"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("STRING", {"default": "", "tooltip": "A file name in ComfyUI's input folder, or an absolute path."})}}
+
+    def read(self, image):
+        meta = read_metadata(services.input_file(image))
+        return (meta.get("parameters", ""), json.dumps(meta["prompt"]) if "prompt" in meta else "", json.dumps(meta["workflow"]) if "workflow" in meta else "")

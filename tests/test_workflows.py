@@ -145,3 +145,65 @@ def test_lora_workflow_reports_every_key(real_named_models):
     outputs, ui = run_prompt(prompt)
     report = next(node_ui["text"][0] for node_ui in ui.values() if "text" in node_ui)
     assert f"{build.LORA_FILE} (musubi-tuner / kohya): applied 48 of 48 keys" in report
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_pictures_carry_how_they_were_made(real_named_models, monkeypatch, fmt):
+    """Z-Image Save Image writes ComfyUI's prompt/workflow (the graph comes back from the picture) and
+    the parameters text with the model's and LoRA's SHA-256; the reader node returns them."""
+    import hashlib
+
+    from zimage_pack.loaders.image_metadata import read_metadata
+    from zimage_pack.nodes.image_nodes import ZImageReadMetadata
+
+    monkeypatch.setenv("ZIMAGE_OUTPUT_DIR", str(real_named_models / "output"))
+    name = "z_image_turbo_lora_stack"
+    prompt = _small(json.load(open(os.path.join(WORKFLOW_DIR, f"{name}_api.json"), encoding="utf-8")))
+    workflow = json.load(open(os.path.join(WORKFLOW_DIR, f"{name}.json"), encoding="utf-8"))
+    save_id = next(k for k, n in prompt.items() if n["class_type"] == "SaveImage")
+    prompt[save_id] = {"class_type": "ZImageSaveImage", "inputs": {"images": prompt[save_id]["inputs"]["images"], "filename_prefix": "meta/z", "format": fmt}}
+    results, ui = run_prompt(prompt, extra_pnginfo={"workflow": workflow})
+    files = ui[save_id]["images"]
+    assert len(files) == 2 and all(f["filename"].endswith("." + fmt) for f in files)
+    path = real_named_models / "output" / files[0]["subfolder"] / files[0]["filename"]
+    meta = read_metadata(str(path))
+    assert meta["prompt"] == prompt and meta["workflow"] == workflow  # the graph travels with the picture
+    text = meta["parameters"]
+    assert text == results[save_id][0]
+    sampler = next(n for n in prompt.values() if n["class_type"] == "ZImageTurboSampler")["inputs"]
+    encode = next(n for n in prompt.values() if n["class_type"] == "ZImageTextEncode")["inputs"]
+    digest = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()  # noqa: E731
+    model_hash = digest(real_named_models / "diffusion_models" / build.TRANSFORMER_FILE)
+    lora_hash = digest(real_named_models / "loras" / build.LORA_FILE)
+    assert text.startswith(encode["text"] + "\n")
+    for fragment in (f"Steps: {sampler['steps']}", f"Seed: {sampler['seed']}", "CFG scale: 1.0", "Size: 64x48", f"Model hash: {model_hash[:10]}",
+                     f"Model: {build.TRANSFORMER_FILE}", f"{build.LORA_FILE[:-12]}: {lora_hash[:12]}", f"{build.LORA_FILE[:-12]}: 0.8"):
+        assert fragment in text, fragment
+    parameters, prompt_json, workflow_json = ZImageReadMetadata().read(str(path))
+    assert parameters == text and json.loads(prompt_json) == prompt and json.loads(workflow_json) == workflow
+
+
+def test_controlnet_and_negative_prompt_are_recorded(real_named_models, monkeypatch):
+    from zimage_pack.loaders.image_metadata import read_metadata
+
+    monkeypatch.setenv("ZIMAGE_OUTPUT_DIR", str(real_named_models / "output"))
+    prompt = _small(json.load(open(os.path.join(WORKFLOW_DIR, "z_image_controlnet_canny_api.json"), encoding="utf-8")))
+    sampler_id = next(k for k, n in prompt.items() if n["class_type"] == "ZImageTurboSampler")
+    prompt["90"] = {"class_type": "ZImageTextEncode", "inputs": {"text_encoder": ["2", 0], "text": "blurry, watermark"}}
+    prompt[sampler_id]["inputs"].update(negative=["90", 0], cfg=3.0)
+    save_id = next(k for k, n in prompt.items() if n["class_type"] == "SaveImage")
+    prompt[save_id] = {"class_type": "ZImageSaveImage", "inputs": {"images": prompt[save_id]["inputs"]["images"], "filename_prefix": "cn", "format": "png"}}
+    _, ui = run_prompt(prompt)
+    text = read_metadata(str(real_named_models / "output" / ui[save_id]["images"][0]["filename"]))["parameters"]
+    assert "Negative prompt: blurry, watermark" in text and "CFG scale: 3.0" in text
+    assert f'ControlNets: "{build.CONTROLNET_FILE[:-12]}: -1.0 (0.0-1.0)"' in text
+
+
+def test_ui_workflows_carry_download_locations():
+    """As ComfyUI's templates: properties.models (name, url, directory) on the loaders of known files."""
+    workflow = json.load(open(os.path.join(WORKFLOW_DIR, "z_image_turbo_text_to_image.json"), encoding="utf-8"))
+    models = {m["name"]: m for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])}
+    assert set(models) == {build.TRANSFORMER_FILE, build.TEXT_ENCODER_FILE, build.VAE_FILE}
+    for name, entry in models.items():
+        assert entry["url"].startswith("https://huggingface.co/Comfy-Org/") and entry["url"].endswith("/" + name)
+    assert models[build.TRANSFORMER_FILE]["directory"] == "diffusion_models" and models[build.VAE_FILE]["directory"] == "vae"

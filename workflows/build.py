@@ -20,6 +20,26 @@ TRANSFORMER_FILE = "z_image_turbo_bf16.safetensors"
 TEXT_ENCODER_FILE = "qwen_3_4b.safetensors"
 VAE_FILE = "ae.safetensors"
 
+# Download locations of the files whose address is known (Comfy-Org's repack); the frontend offers them
+# when a file is missing. The TwinFlow, Base, distill-LoRA and ControlNet names are left without an
+# address: their repacks' exact file names could not be checked here.
+_COMFY_ORG = "https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/split_files"
+MODEL_DOWNLOADS = {
+    TRANSFORMER_FILE: {"name": TRANSFORMER_FILE, "url": f"{_COMFY_ORG}/diffusion_models/{TRANSFORMER_FILE}", "directory": "diffusion_models"},
+    TEXT_ENCODER_FILE: {"name": TEXT_ENCODER_FILE, "url": f"{_COMFY_ORG}/text_encoders/{TEXT_ENCODER_FILE}", "directory": "text_encoders"},
+    VAE_FILE: {"name": VAE_FILE, "url": f"{_COMFY_ORG}/vae/{VAE_FILE}", "directory": "vae"},
+}
+_FILE_INPUTS = ("model_name", "text_encoder_name", "vae_name")
+
+
+def with_downloads(nodes: list[Node]) -> list[Node]:
+    """Each loader node carries the download location of the file it names, as ComfyUI's templates do."""
+    for node in nodes:
+        names = [node.inputs.get(k) for k in _FILE_INPUTS]
+        node.models = tuple(MODEL_DOWNLOADS[n] for n in names if n in MODEL_DOWNLOADS)
+    return nodes
+
+
 SETUP_NOTE = (
     "Z-Image-Turbo text-to-image (8 steps, no CFG).\n\n"
     f"models/diffusion_models/{TRANSFORMER_FILE}\nmodels/text_encoders/{TEXT_ENCODER_FILE}\nmodels/vae/{VAE_FILE}\n\n"
@@ -252,7 +272,7 @@ def render() -> dict[str, dict]:
     classes = all_node_classes()
     files = {}
     for name, graph in WORKFLOWS.items():
-        nodes = graph()
+        nodes = with_downloads(graph())
         files[f"{name}.json"] = to_ui(nodes, classes)
         files[f"{name}_api.json"] = to_api(nodes, NODE_DISPLAY_NAME_MAPPINGS)
     return files

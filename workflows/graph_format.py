@@ -21,6 +21,7 @@ class Node:
     title: str = ""
     pos: tuple = (0, 0)
     size: tuple = (320, 130)
+    models: tuple = ()  # ({"name", "url", "directory"}, ...): ComfyUI's frontend offers these downloads
 
 
 def is_link(value) -> bool:
@@ -72,7 +73,7 @@ def to_ui(nodes: list[Node], classes: dict) -> dict:
                 link_ids.setdefault((src, slot), []).append(link_id)
     for order, node in enumerate(nodes):
         entry = {"id": node.id, "type": node.class_type, "pos": list(node.pos), "size": list(node.size), "flags": {}, "order": order, "mode": 0,
-                 "properties": {"Node name for S&R": node.class_type}}
+                 "properties": {"Node name for S&R": node.class_type, **({"models": [dict(m) for m in node.models]} if node.models else {})}}
         if node.title:
             entry["title"] = node.title
         if node.class_type in VIRTUAL_NODES:

@@ -105,8 +105,9 @@ def ui_to_api(workflow: dict, classes: dict | None = None) -> dict:
     return prompt
 
 
-def run_prompt(prompt: dict, classes: dict | None = None) -> tuple[dict, dict]:
-    """Execute every node (dependencies first); returns ({node id: outputs}, {node id: ui dict})."""
+def run_prompt(prompt: dict, classes: dict | None = None, extra_pnginfo: dict | None = None) -> tuple[dict, dict]:
+    """Execute every node (dependencies first); returns ({node id: outputs}, {node id: ui dict}).
+    Hidden inputs get what ComfyUI gives: PROMPT (this graph), EXTRA_PNGINFO (e.g. {"workflow": …}), UNIQUE_ID."""
     classes = classes or all_node_classes()
     errors = validate_prompt(prompt, classes)
     if errors:
@@ -120,8 +121,8 @@ def run_prompt(prompt: dict, classes: dict | None = None) -> tuple[dict, dict]:
         node = prompt[node_id]
         kwargs = {name: (run(str(v[0]))[v[1]] if is_link(v) else v) for name, v in node["inputs"].items()}
         cls = classes[node["class_type"]]
-        if node["class_type"] == "SaveImage":
-            kwargs["prompt"] = prompt
+        for name, kind in cls.INPUT_TYPES().get("hidden", {}).items():
+            kwargs[name] = {"PROMPT": prompt, "EXTRA_PNGINFO": extra_pnginfo, "UNIQUE_ID": node_id}.get(kind)
         out = getattr(cls(), cls.FUNCTION)(**kwargs)
         if isinstance(out, dict):  # ComfyUI's {"ui": ..., "result": (...)} form
             ui[node_id] = out.get("ui", {})

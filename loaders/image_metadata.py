@@ -1,0 +1,214 @@
+"""How a picture says how it was made: the generation settings read off the queued graph, written
+into PNG (and WebP) the way ComfyUI writes its own (``prompt`` / ``workflow``, so dragging the picture
+onto the canvas restores the graph) and as the plain ``parameters`` text image sites read
+(A1111 style), with SHA-256 hashes of the model, LoRA and ControlNet files. And read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+_SAMPLERS = {"ZImageTurboSampler": "Z-Image Turbo (flow Euler)", "ZImageTwoStepSampler": "Z-Image 2-step",
+             "ZImageTwinFlowSampler": "TwinFlow", "KSampler": "KSampler"}
+_HASHES: dict[tuple, str] = {}
+EXIF_MODEL, EXIF_MAKE, EXIF_IFD, EXIF_USER_COMMENT = 0x0110, 0x010F, 0x8769, 0x9286
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file, computed once per (file, size, mtime) in this process."""
+    if os.path.isdir(path):
+        return ""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def _source(graph: dict, value):
+    """The node a link points at (``[id, slot]``), else None."""
+    if isinstance(value, list) and len(value) == 2 and str(value[0]) in graph:
+        return str(value[0]), graph[str(value[0])]
+    return None
+
+
+def _text(graph: dict, value, depth: int = 0) -> str | None:
+    if isinstance(value, str):
+        return value
+    found = _source(graph, value)
+    if found is None or depth > 8:
+        return None
+    _, node = found
+    for name in ("text", "string", "value", "text_g", "positive", "conditioning"):
+        if name in node.get("inputs", {}):
+            got = _text(graph, node["inputs"][name], depth + 1)
+            if got is not None:
+                return got
+    return None
+
+
+def _upstream(graph: dict, node_id: str, accept: Callable[[dict], bool], depth: int = 0):
+    """The first node upstream of ``node_id`` (breadth over its linked inputs) that ``accept`` takes."""
+    queue, seen = [node_id], set()
+    while queue:
+        current = queue.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        node = graph.get(current, {})
+        if current != node_id and accept(node):
+            return current, node
+        for value in node.get("inputs", {}).values():
+            found = _source(graph, value)
+            if found is not None:
+                queue.append(found[0])
+    return None
+
+
+def generation_parameters(graph: dict, image_node: str, path_of: Callable[[str, str], str | None]) -> dict:
+    """Settings of the picture made by ``image_node``'s input, read off the API graph. ``path_of(folder,
+    name)`` finds a model file for hashing (None when it cannot)."""
+    params: dict = {"loras": [], "controlnets": []}
+    found = _upstream(graph, image_node, lambda n: n.get("class_type") in _SAMPLERS)
+    if found is None:
+        return params
+    sampler_id, sampler = found
+    inputs = sampler["inputs"]
+    params["sampler"] = _SAMPLERS[sampler["class_type"]]
+    for key in ("seed", "steps", "nfe", "cfg", "shift", "denoise", "sigma_mid", "step2_rule", "stochastic_ratio"):
+        if key in inputs and not isinstance(inputs[key], list):
+            params[key] = inputs[key]
+    params["prompt"] = _text(graph, inputs.get("positive")) or ""
+    negative = _text(graph, inputs.get("negative")) if "negative" in inputs else None
+    if negative is not None:
+        params["negative"] = negative
+    latent = _source(graph, inputs.get("latent_image"))
+    if latent is not None and {"width", "height"} <= set(latent[1].get("inputs", {})):
+        params["size"] = (latent[1]["inputs"]["width"], latent[1]["inputs"]["height"])
+    model_link = inputs.get("model", inputs.get("step_model"))
+    chain = [model_link]
+    while chain:
+        link = chain.pop()
+        found = _source(graph, link)
+        if found is None:
+            continue
+        _, node = found
+        kind, node_inputs = node.get("class_type"), node.get("inputs", {})
+        if kind == "ZImageTransformerLoader":
+            params["model"] = node_inputs.get("model_name")
+            params["model_hash"] = _hash(path_of, "diffusion_models", params["model"])
+            continue
+        if kind == "ZImageLoraLoader":
+            params["loras"].append(_entry(path_of, "loras", node_inputs.get("lora_name"), node_inputs.get("strength")))
+        if kind == "ZImageLoraStack":
+            for i in range(1, 5):
+                name = node_inputs.get(f"lora_{i}")
+                if name and name != "None":
+                    params["loras"].append(_entry(path_of, "loras", name, node_inputs.get(f"strength_{i}")))
+        if kind == "ZImageControlNetApply":
+            cnet = _source(graph, node_inputs.get("controlnet"))
+            name = cnet[1]["inputs"].get("controlnet_name") if cnet else None
+            params["controlnets"].append({**_entry(path_of, "model_patches", name, node_inputs.get("strength")),
+                                          "start": node_inputs.get("start_percent"), "end": node_inputs.get("end_percent")})
+        for key in ("model", "step1_model", "step2_model"):
+            if key in node_inputs:
+                chain.append(node_inputs[key])
+    params["loras"].reverse()  # in the order they were applied
+    params["controlnets"].reverse()
+    return params
+
+
+def _entry(path_of, folder: str, name, strength) -> dict:
+    return {"name": name, "strength": strength, "hash": _hash(path_of, folder, name)}
+
+
+def _hash(path_of, folder: str, name) -> str:
+    if not isinstance(name, str):
+        return ""
+    path = path_of(folder, name)
+    return file_sha256(path) if path and os.path.exists(path) else ""
+
+
+def parameters_text(params: dict) -> str:
+    """The A1111-style ``parameters`` text (prompt, ``Negative prompt:``, then ``Key: value`` pairs)."""
+    lines = [params.get("prompt", "")]
+    if params.get("negative"):
+        lines.append(f"Negative prompt: {params['negative']}")
+    fields = []
+    steps = params.get("nfe", params.get("steps"))
+    for label, value in (("Steps", steps), ("Sampler", params.get("sampler")), ("CFG scale", params.get("cfg", 1.0) if steps else None),
+                         ("Seed", params.get("seed")), ("Size", "x".join(map(str, params["size"])) if "size" in params else None),
+                         ("Shift", params.get("shift")), ("Denoising strength", params.get("denoise") if params.get("denoise", 1.0) != 1.0 else None),
+                         ("Model hash", params.get("model_hash", "")[:10] or None), ("Model", params.get("model"))):
+        if value is not None:
+            fields.append(f"{label}: {value}")
+    if params.get("loras"):
+        fields.append('Lora hashes: "' + ", ".join(f"{_stem(e['name'])}: {e['hash'][:12]}" for e in params["loras"]) + '"')
+        fields.append('LoRAs: "' + ", ".join(f"{_stem(e['name'])}: {e['strength']}" for e in params["loras"]) + '"')
+    if params.get("controlnets"):
+        fields.append('ControlNets: "' + ", ".join(f"{_stem(e['name'])}: {e['strength']} ({e['start']}-{e['end']})" for e in params["controlnets"]) + '"')
+    fields.append("Version: Z-Image nodes")
+    lines.append(", ".join(fields))
+    return "\n".join(lines)
+
+
+def _stem(name) -> str:
+    return os.path.splitext(os.path.basename(str(name)))[0]
+
+
+def save_image(pixels: np.ndarray, path: str, prompt: dict | None, extra: dict | None, parameters: str) -> None:
+    """``pixels`` [H, W, 3] uint8 to PNG or WebP (by ``path``'s ending), with ComfyUI's chunks."""
+    image = Image.fromarray(pixels)
+    if path.lower().endswith(".webp"):
+        exif = image.getexif()
+        if prompt is not None:
+            exif[EXIF_MODEL] = "prompt:" + json.dumps(prompt)
+        tag = EXIF_MAKE
+        for key, value in (extra or {}).items():  # as ComfyUI's own WebP saver numbers them
+            exif[tag] = f"{key}:{json.dumps(value)}"
+            tag -= 1
+        exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = b"UNICODE\x00" + parameters.encode("utf-16-be")
+        image.save(path, exif=exif, lossless=False, quality=90)
+        return
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    if prompt is not None:
+        info.add_text("prompt", json.dumps(prompt))
+    for key, value in (extra or {}).items():
+        info.add_text(key, json.dumps(value))
+    image.save(path, pnginfo=info, compress_level=4)
+
+
+def read_metadata(path: str) -> dict:
+    """{"parameters": text, "prompt": dict, "workflow": dict} of a PNG or WebP written above (or by ComfyUI)."""
+    with Image.open(path) as image:
+        out: dict = {}
+        if image.format == "PNG":
+            for key, value in image.info.items():
+                if key == "parameters":
+                    out[key] = value
+                elif key in ("prompt", "workflow"):
+                    out[key] = json.loads(value)
+            return out
+        exif = image.getexif()
+        for tag in range(EXIF_MAKE - 8, EXIF_MODEL + 1):
+            value = exif.get(tag)
+            if isinstance(value, str) and ":" in value:
+                key, _, body = value.partition(":")
+                if key in ("prompt", "workflow"):
+                    out[key] = json.loads(body)
+        comment = exif.get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
+        if isinstance(comment, bytes) and comment.startswith(b"UNICODE\x00"):
+            out["parameters"] = comment[8:].decode("utf-16-be")
+        return out
