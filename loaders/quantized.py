@@ -103,7 +103,7 @@ class QuantizedWeight:
 
     def kitchen_tensor(self, dtype: torch.dtype):
         """The stored tensors wrapped as comfy-kitchen's ``QuantizedTensor`` (no copy)."""
-        ck, QuantizedTensor = _kitchen()
+        _, QuantizedTensor = _kitchen()
         from comfy_kitchen.tensor import get_layout_class
 
         layout, _ = COMFY_FORMATS[self.format]
@@ -376,12 +376,3 @@ def install(module: torch.nn.Module, quantized: dict[str, QuantizedWeight], plai
 
 def quantized_layers(module: torch.nn.Module) -> dict[str, QuantizedLinear]:
     return {name: sub for name, sub in module.named_modules() if isinstance(sub, QuantizedLinear)}
-
-
-def storage_summary(module: torch.nn.Module) -> str:
-    """'nvfp4 ×210, bf16 rest' — for the model's description."""
-    counts: dict[str, int] = {}
-    for sub in quantized_layers(module).values():
-        name = sub.format + (" + ConvRot" if sub.options.get("convrot") else "")
-        counts[name] = counts.get(name, 0) + 1
-    return ", ".join(f"{n} ×{c}" for n, c in sorted(counts.items()))

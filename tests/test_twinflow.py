@@ -12,7 +12,7 @@ from zimage_pack.loaders import demo_quantized as dq
 from zimage_pack.loaders.errors import ZImageInputError
 from zimage_pack.loaders.transformer import load_transformer
 from zimage_pack.loaders.twinflow import is_twinflow
-from zimage_pack.samplers.latents import to_model_space, to_raw_space
+from zimage_pack.samplers.latents import to_raw_space
 from zimage_pack.samplers.twinflow import sample_twinflow, seeded_noises, twinflow_sigmas
 
 
