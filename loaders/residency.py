@@ -124,21 +124,31 @@ def _placement(module: torch.nn.Module) -> _Placement:
     return attached(module, "_zimage_placement", _Placement)
 
 
+def repeated_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks that block offloading streams one at a time."""
+    return [b for name in ("layers", "noise_refiner", "context_refiner") for b in getattr(module, name, [])]
+
+
 def block_bytes(module: torch.nn.Module) -> int:
     """The largest repeated block (what block offloading holds on the device at a time)."""
-    blocks = [b for name in ("layers", "noise_refiner", "context_refiner") for b in getattr(module, name, [])]
-    return max((module_bytes(b) for b in blocks), default=module_bytes(module))
+    return max((module_bytes(b) for b in repeated_blocks(module)), default=module_bytes(module))
 
 
-def transformer_activation_bytes(module: torch.nn.Module, batch: int, height: int, width: int, caption_tokens: int = 512) -> int:
+def resident_bytes(module: torch.nn.Module) -> int:
+    """What stays on the device under block offloading: embedders, final layer, pad tokens."""
+    return module_bytes(module) - sum(module_bytes(b) for b in repeated_blocks(module))
+
+
+def transformer_activation_bytes(module: torch.nn.Module, batch: int, height: int, width: int, caption_tokens: int = 512,
+                                 dtype: torch.dtype = torch.bfloat16) -> int:
     """A block's working memory for one forward: image tokens (latent h/2 × w/2) plus the caption,
     through the feed-forward (three hidden-size tensors) and attention (about eight model-width
-    tensors), in 2-byte activations."""
+    tensors) — 122 KB per token in bf16 for Z-Image, as traced (tests/test_memory_budget.py)."""
     config = module.config
     dim = config.dim
     hidden = int(dim / 3 * 8)
     tokens = (height // 2) * (width // 2) + caption_tokens
-    return batch * tokens * (3 * hidden + 8 * dim) * 2
+    return batch * tokens * (3 * hidden + 8 * dim) * torch.empty((), dtype=dtype).element_size()
 
 
 def room_for(module: torch.nn.Module, device: torch.device, keep: tuple = ()) -> int | None:
@@ -164,8 +174,7 @@ def choose_mode(module: torch.nn.Module, free: int | None, activations: int) -> 
         return "full"
     if module_bytes(module) + activations + _RESERVE <= free:
         return "full"
-    resident = module_bytes(module) - sum(module_bytes(b) for name in ("layers", "noise_refiner", "context_refiner") for b in getattr(module, name, []))
-    if resident + 2 * block_bytes(module) + activations + _RESERVE <= free:
+    if resident_bytes(module) + 2 * block_bytes(module) + activations + _RESERVE <= free:
         return "block_offload"
     return "leaf_offload"
 

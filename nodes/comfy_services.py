@@ -245,7 +245,7 @@ def prepare_model_for_sampling(model, batch: int, height: int, width: int, cfg: 
         else:
             to_compute_device(cnet.module, keep=tuple(resident))
             resident.append(cnet.module)
-    activations = residency.transformer_activation_bytes(model.module, batch, height, width)
+    activations = residency.transformer_activation_bytes(model.module, batch, height, width, dtype=model.compute_dtype)
     mode = residency.place_transformer(model.module, device, getattr(model, "memory_mode", "auto"), activations, make_room, keep=tuple(resident))
     if mode != "full":
         log.info("Z-Image: transformer in %s mode on %s", mode, device)

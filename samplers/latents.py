@@ -24,8 +24,14 @@ def to_raw_space(model_latent: torch.Tensor) -> torch.Tensor:
 
 def comfy_noise(shape, seed: int) -> torch.Tensor:
     """``torch.randn`` on the CPU from ``torch.manual_seed(seed)``, float32, as ComfyUI's prepare_noise."""
+    return seeded_noises(shape, seed, 1)[0]
+
+
+def seeded_noises(shape, seed: int, count: int) -> list[torch.Tensor]:
+    """ComfyUI's start noise for ``seed`` and ``count − 1`` further draws from the same generator
+    (the re-noise of the 2-step and TwinFlow samplers)."""
     generator = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
-    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device="cpu")
+    return [torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device="cpu") for _ in range(count)]
 
 
 def empty_latent(width: int, height: int, batch_size: int = 1) -> torch.Tensor:

@@ -55,23 +55,13 @@ def _element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def transformer_activation_bytes(module, compute_dtype: torch.dtype, batch: int, latent_h: int, latent_w: int,
-                                 caption_tokens: int = CAPTION_TOKENS) -> int:
-    config = module.config
-    per_token = (3 * int(config.dim / 3 * 8) + 8 * config.dim) * _element_size(compute_dtype)
-    tokens = batch * ((latent_h // 2) * (latent_w // 2) + caption_tokens)
-    return tokens * per_token
-
-
 def weights_on_device(module, mode: str) -> int:
     if mode == "full":
         return residency.module_bytes(module)
-    blocks = [b for n in ("layers", "noise_refiner", "context_refiner") for b in getattr(module, n, [])]
-    resident = residency.module_bytes(module) - sum(residency.module_bytes(b) for b in blocks)
     if mode == "block_offload":
-        return resident + 2 * residency.block_bytes(module)
+        return residency.resident_bytes(module) + 2 * residency.block_bytes(module)
     largest_leaf = max((residency.module_bytes(m) for m in module.modules() if isinstance(m, torch.nn.Linear)), default=0)
-    return resident + 2 * largest_leaf
+    return residency.resident_bytes(module) + 2 * largest_leaf
 
 
 def sampling_bytes(transformer, batch: int, latent_h: int, latent_w: int, cfg: bool, mode: str | None = None,
@@ -84,13 +74,13 @@ def sampling_bytes(transformer, batch: int, latent_h: int, latent_w: int, cfg: b
     if mode == "auto":
         mode = "full"
     effective = batch * (2 if cfg else 1)
-    need = transformer_activation_bytes(module, dtype, effective, latent_h, latent_w)
+    need = residency.transformer_activation_bytes(module, effective, latent_h, latent_w, CAPTION_TOKENS, dtype)
     on_cpu = device is not None and device.type == "cpu"
     if not on_cpu:
         need += weights_on_device(module, mode)
     for spec in getattr(transformer, "controls", ()):
         cnet = spec.controlnet
-        need += transformer_activation_bytes(cnet.module, dtype, effective, latent_h, latent_w, 0)
+        need += residency.transformer_activation_bytes(cnet.module, effective, latent_h, latent_w, 0, dtype)
         if not on_cpu:
             need += 2 * residency.block_bytes(cnet.module) if cnet.offload else residency.module_bytes(cnet.module)
     need += 4 * batch * 16 * latent_h * latent_w * 4  # x, noise, velocity, x0 in float32

@@ -22,7 +22,7 @@ import torch
 from ..loaders.errors import ZImageInputError
 from ..loaders.param_sets import prepare_weights
 from ..loaders.twinflow import target_timestep
-from .latents import check_latent, to_raw_space
+from .latents import check_latent, seeded_noises, to_raw_space
 from .turbo import StepCallback, block_interrupts, checked_velocity, interruptible_modules, start_latent
 
 # The authors' gaps (g0, g1) by NFE.
@@ -47,12 +47,6 @@ def twinflow_sigmas(nfe: int, gap_start: float | None = None, gap_end: float | N
     sigmas = (1 - ts).to(torch.bfloat16).to(torch.float32)  # the reference rounds σ to bf16
     sigmas = torch.cat([sigmas, torch.zeros(1)])
     return sigmas[-(nfe + 1):]
-
-
-def seeded_noises(shape, seed: int, count: int) -> list[torch.Tensor]:
-    """ComfyUI's start noise for ``seed`` and ``count − 1`` further draws from the same generator."""
-    generator = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
-    return [torch.randn(tuple(shape), generator=generator, dtype=torch.float32) for _ in range(count)]
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from ..loaders.compute_dtype import check_finite
 from ..loaders.errors import ZImageInputError
 from ..loaders.param_sets import prepare_weights
 from ..loaders.step_decoupled import StepSettings
-from .latents import check_latent, to_model_space, to_raw_space
+from .latents import check_latent, seeded_noises, to_model_space, to_raw_space
 from .schedules import shift_sigmas
 from .turbo import StepCallback, block_interrupts, interruptible_modules, predict_velocity
 
@@ -33,9 +33,8 @@ def two_step_sigmas(settings: StepSettings, denoise: float = 1.0) -> torch.Tenso
 
 def noises(shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The start noise (ComfyUI's, for the same seed) and the re-noise drawn after it from the same generator."""
-    generator = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
-    first = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
-    return first, torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    first, renoise = seeded_noises(shape, seed, 2)
+    return first, renoise
 
 
 @torch.no_grad()

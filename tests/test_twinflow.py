@@ -13,7 +13,8 @@ from zimage_pack.loaders.errors import ZImageInputError
 from zimage_pack.loaders.transformer import load_transformer
 from zimage_pack.loaders.twinflow import is_twinflow
 from zimage_pack.samplers.latents import to_raw_space
-from zimage_pack.samplers.twinflow import sample_twinflow, seeded_noises, twinflow_sigmas
+from zimage_pack.samplers.latents import seeded_noises
+from zimage_pack.samplers.twinflow import sample_twinflow, twinflow_sigmas
 
 
 @pytest.fixture(scope="module")
