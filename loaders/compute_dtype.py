@@ -90,6 +90,19 @@ def set_compute_dtype(module: torch.nn.Module, storage: torch.dtype, new: torch.
     return new
 
 
+def plain_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of the module's plain (not quantised-storage) floating weights."""
+    from .quantized import QuantizedLinear
+
+    for sub in module.modules():
+        if isinstance(sub, QuantizedLinear):
+            continue
+        for param in sub.parameters(recurse=False):
+            if param.dtype.is_floating_point and param.element_size() > 1:
+                return param.dtype
+    return torch.bfloat16
+
+
 def _cast_plain(module: torch.nn.Module, dtype: torch.dtype) -> None:
     """Every floating parameter and buffer that is not a quantised layer's stored tensor."""
     from .quantized import QuantizedLinear

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 from .dtypes import compute_dtype_for, parse_weight_dtype
 from .errors import ZImageInputError
 from .model_files import describe_foreign_keys, strip_prefix
-from .compute_dtype import check_finite, choose, set_compute_dtype
+from .compute_dtype import check_finite, choose, plain_dtype, set_compute_dtype
 from .gguf_files import llama_cpp_to_transformers
 from .residency import pick_device
 from .quantized import install
@@ -78,7 +78,7 @@ def load_text_encoder(path: str, tokenizer_path: str, weight_dtype: str | torch.
         model = Qwen3Model.from_pretrained(folder, torch_dtype=compute_dtype_for(requested or stored_dtype(folder)), local_files_only=True)
     else:
         model = _load_single_file(path, requested)
-    storage = next(p.dtype for p in model.parameters() if p.dtype.is_floating_point and p.element_size() > 1)
+    storage = plain_dtype(model)
     compute = choose(storage, compute_dtype, device or pick_device(), role="text_encoder")
     if compute != storage:
         set_compute_dtype(model, storage, compute)
