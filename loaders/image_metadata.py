@@ -16,7 +16,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 _SAMPLERS = {"ZImageTurboSampler": "Z-Image Turbo (flow Euler)", "ZImageTwoStepSampler": "Z-Image 2-step",
-             "ZImageTwinFlowSampler": "TwinFlow", "KSampler": "KSampler"}
+             "ZImageTwinFlowSampler": "TwinFlow", "KSampler": "KSampler", "ZImagePromptListGenerate": "Z-Image Turbo (flow Euler)"}
 _HASHES: dict[tuple, str] = {}
 EXIF_MODEL, EXIF_MAKE, EXIF_IFD, EXIF_USER_COMMENT = 0x0110, 0x010F, 0x8769, 0x9286
 
@@ -80,7 +80,8 @@ def generation_parameters(graph: dict, image_node: str, path_of: Callable[[str, 
     """Settings of the picture made by ``image_node``'s input, read off the API graph. ``path_of(folder,
     name)`` finds a model file for hashing (None when it cannot)."""
     params: dict = {"loras": [], "controlnets": []}
-    found = _upstream(graph, image_node, lambda n: n.get("class_type") in _SAMPLERS)
+    itself = graph.get(image_node, {})  # a node that samples and saves (the prompt-list generator)
+    found = (image_node, itself) if itself.get("class_type") in _SAMPLERS else _upstream(graph, image_node, lambda n: n.get("class_type") in _SAMPLERS)
     if found is None:
         return params
     sampler_id, sampler = found

@@ -1,5 +1,6 @@
 """ComfyUI node registrations."""
 
+from .batch_nodes import ZImagePromptList, ZImagePromptListGenerate
 from .image_nodes import ZImageReadMetadata, ZImageSaveImage, ZImageVAEDecode, ZImageVAEEncode
 from .two_step_nodes import ZImageSaveStepBundle, ZImageStepBundleLoader, ZImageTwoStepModel, ZImageTwoStepSampler
 from .control_nodes import ZImageCanny, ZImageControlNetApply, ZImageControlNetLoader, ZImageGray, ZImageScribble
@@ -19,6 +20,8 @@ NODE_CLASS_MAPPINGS = {
     "ZImageVAEEncode": ZImageVAEEncode,
     "ZImageSaveImage": ZImageSaveImage,
     "ZImageReadMetadata": ZImageReadMetadata,
+    "ZImagePromptList": ZImagePromptList,
+    "ZImagePromptListGenerate": ZImagePromptListGenerate,
     "ZImageLoraLoader": ZImageLoraLoader,
     "ZImageLoraStack": ZImageLoraStack,
     "ZImageTwoStepModel": ZImageTwoStepModel,
@@ -44,6 +47,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ZImageVAEEncode": "Z-Image VAE Encode",
     "ZImageSaveImage": "Z-Image Save Image (with metadata)",
     "ZImageReadMetadata": "Z-Image Read Image Metadata",
+    "ZImagePromptList": "Z-Image Prompt List (batch, seeds)",
+    "ZImagePromptListGenerate": "Z-Image Prompt List Generate (saves each)",
     "ZImageLoraLoader": "Z-Image LoRA",
     "ZImageLoraStack": "Z-Image LoRA Stack",
     "ZImageTwoStepModel": "Z-Image 2-Step Model",

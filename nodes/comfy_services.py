@@ -175,17 +175,12 @@ def output_image_path(prefix: str, width: int, height: int, extension: str) -> t
     return os.path.join(folder, file_name), os.path.dirname(prefix), file_name
 
 
-def input_file(name: str) -> str:
+def input_file(name: str, what: str = "image", expected: str = "a PNG or WebP in ComfyUI's input folder") -> str:
     """A file in ComfyUI's input folder (or an absolute path)."""
-    if os.path.isabs(name):
-        return require_input(name)
     base = _folder_paths.get_input_directory() if IN_COMFYUI else os.environ.get("ZIMAGE_INPUT_DIR", os.getcwd())
-    return require_input(os.path.join(base, name))
-
-
-def require_input(path: str) -> str:
+    path = name if os.path.isabs(name) else os.path.join(base, name)
     if not os.path.isfile(path):
-        raise ZImageInputError("image", f"no file '{path}'", "a PNG or WebP in ComfyUI's input folder", "upload the picture or check its name")
+        raise ZImageInputError(what, f"no file '{path}'", expected, "put the file into ComfyUI's input folder (or upload it) and check its name")
     return path
 
 

@@ -61,6 +61,17 @@ class ZImageVAEEncode:
         return ({"samples": encode(vae, pixels, tile_size)},)
 
 
+def save_pictures(images: torch.Tensor, prefix: str, extension: str, prompt, extra_pnginfo, text: str) -> list[dict]:
+    """Each image as a numbered file in the output folder, with the metadata; ComfyUI's ui entries plus the path."""
+    saved = []
+    for image in images:
+        pixels = (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        path, subfolder, name = services.output_image_path(prefix, pixels.shape[1], pixels.shape[0], extension)
+        save_image(pixels, path, prompt, extra_pnginfo, text)
+        saved.append({"filename": name, "subfolder": subfolder, "type": "output", "path": path})
+    return saved
+
+
 class ZImageSaveImage:
     DESCRIPTION = ("Saves images as PNG or WebP with how they were made: ComfyUI's prompt and workflow (drag the picture onto the "
                    "canvas to get the graph back) and the plain 'parameters' text image sites read: prompt, negative, seed, steps, "
@@ -84,13 +95,8 @@ class ZImageSaveImage:
     def save(self, images, filename_prefix="z-image", format="png", prompt=None, extra_pnginfo=None, unique_id=None):
         params = generation_parameters(prompt or {}, str(unique_id), services.find_model) if prompt and unique_id is not None else {}
         text = parameters_text(params) if params.get("sampler") else ""
-        saved = []
-        for image in images:
-            pixels = (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-            path, subfolder, name = services.output_image_path(filename_prefix, pixels.shape[1], pixels.shape[0], format)
-            save_image(pixels, path, prompt, extra_pnginfo, text)
-            saved.append({"filename": name, "subfolder": subfolder, "type": "output"})
-        return {"ui": {"images": saved}, "result": (text,)}
+        saved = save_pictures(images, filename_prefix, format, prompt, extra_pnginfo, text)
+        return {"ui": {"images": [{k: v for k, v in s.items() if k != "path"} for s in saved]}, "result": (text,)}
 
 
 class ZImageReadMetadata:

@@ -87,3 +87,40 @@ def standalone_models(model_files, tokenizer_dir, monkeypatch):
     monkeypatch.setattr(comfy_services, "_standalone_root", model_files["root"])
     monkeypatch.setenv("ZIMAGE_TOKENIZER_DIR", tokenizer_dir)
     return model_files
+
+
+@pytest.fixture()
+def real_named_models(tmp_path, tiny_transformer, tiny_text_encoder, tiny_vae, tokenizer_dir, monkeypatch):
+    """Tiny models saved under the names users download, in ComfyUI's folder layout."""
+    from PIL import Image
+
+    from zimage_pack.loaders import demo_models as dm
+    from zimage_pack.nodes import comfy_services
+    from zimage_pack.workflows import build
+    from zimage_pack.workflows.native_nodes import SaveImage
+
+    dm.write_transformer(tiny_transformer, str(tmp_path / "diffusion_models" / build.TRANSFORMER_FILE))
+    dm.write_text_encoder(tiny_text_encoder, str(tmp_path / "text_encoders" / build.TEXT_ENCODER_FILE))
+    dm.write_vae(tiny_vae, str(tmp_path / "vae" / build.VAE_FILE))
+    from zimage_pack.loaders.demo_loras import write_lora
+
+    write_lora(tiny_transformer, str(tmp_path / "loras" / build.LORA_FILE), "musubi")
+    twin = dm.make_twinflow_transformer(seed=9)
+    from safetensors.torch import save_file
+
+    save_file(dm.diffusers_to_comfy_transformer_keys({k: v.contiguous() for k, v in twin.state_dict().items()}), str(tmp_path / "diffusion_models" / build.TWINFLOW_FILE))
+    dm.write_transformer(tiny_transformer, str(tmp_path / "diffusion_models" / build.BASE_FILE))
+    write_lora(tiny_transformer, str(tmp_path / "loras" / build.DISTILL_LORA_FILE), "peft")
+    for name, version in ((build.CONTROLNET_FILE, "2.1"), (build.TILE_CONTROLNET_FILE, "2.1")):
+        dm.write_controlnet(dm.make_controlnet(version, seed=5), str(tmp_path / "model_patches" / name))
+    from zimage_pack.workflows.native_nodes import LoadImage
+
+    (tmp_path / "input").mkdir()
+    for kind, name in build.CONTROL_IMAGES.items():
+        pixels = (torch.rand(40, 56, 4, generator=torch.Generator().manual_seed(len(name))) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels, "RGBA").convert("RGBA" if kind == "inpaint" else "RGB").save(tmp_path / "input" / name)
+    monkeypatch.setattr(LoadImage, "input_dir", str(tmp_path / "input"))
+    monkeypatch.setattr(comfy_services, "_standalone_root", str(tmp_path))
+    monkeypatch.setenv("ZIMAGE_TOKENIZER_DIR", tokenizer_dir)
+    monkeypatch.setattr(SaveImage, "output_dir", str(tmp_path / "output"))
+    return tmp_path

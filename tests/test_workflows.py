@@ -21,45 +21,13 @@ UI_FILES = sorted(f for f in glob.glob(os.path.join(WORKFLOW_DIR, "*.json")) if 
 T2I_API = os.path.join(WORKFLOW_DIR, "z_image_turbo_text_to_image_api.json")
 
 
-@pytest.fixture()
-def real_named_models(tmp_path, tiny_transformer, tiny_text_encoder, tiny_vae, tokenizer_dir, monkeypatch):
-    """Tiny models saved under the names users download, in ComfyUI's folder layout."""
-    from zimage_pack.nodes import comfy_services
-
-    dm.write_transformer(tiny_transformer, str(tmp_path / "diffusion_models" / build.TRANSFORMER_FILE))
-    dm.write_text_encoder(tiny_text_encoder, str(tmp_path / "text_encoders" / build.TEXT_ENCODER_FILE))
-    dm.write_vae(tiny_vae, str(tmp_path / "vae" / build.VAE_FILE))
-    from zimage_pack.loaders.demo_loras import write_lora
-
-    write_lora(tiny_transformer, str(tmp_path / "loras" / build.LORA_FILE), "musubi")
-    twin = dm.make_twinflow_transformer(seed=9)
-    from safetensors.torch import save_file
-
-    save_file(dm.diffusers_to_comfy_transformer_keys({k: v.contiguous() for k, v in twin.state_dict().items()}), str(tmp_path / "diffusion_models" / build.TWINFLOW_FILE))
-    dm.write_transformer(tiny_transformer, str(tmp_path / "diffusion_models" / build.BASE_FILE))
-    write_lora(tiny_transformer, str(tmp_path / "loras" / build.DISTILL_LORA_FILE), "peft")
-    for name, version in ((build.CONTROLNET_FILE, "2.1"), (build.TILE_CONTROLNET_FILE, "2.1")):
-        dm.write_controlnet(dm.make_controlnet(version, seed=5), str(tmp_path / "model_patches" / name))
-    from zimage_pack.workflows.native_nodes import LoadImage
-
-    (tmp_path / "input").mkdir()
-    for kind, name in build.CONTROL_IMAGES.items():
-        pixels = (torch.rand(40, 56, 4, generator=torch.Generator().manual_seed(len(name))) * 255).to(torch.uint8).numpy()
-        Image.fromarray(pixels, "RGBA").convert("RGBA" if kind == "inpaint" else "RGB").save(tmp_path / "input" / name)
-    monkeypatch.setattr(LoadImage, "input_dir", str(tmp_path / "input"))
-    monkeypatch.setattr(comfy_services, "_standalone_root", str(tmp_path))
-    monkeypatch.setenv("ZIMAGE_TOKENIZER_DIR", tokenizer_dir)
-    monkeypatch.setattr(SaveImage, "output_dir", str(tmp_path / "output"))
-    return tmp_path
-
-
 def _small(prompt: dict) -> dict:
     """The same graph at 64×48 so it runs in a second on the CPU."""
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
         if node["class_type"] in ("ZImageEmptyLatent", "EmptySD3LatentImage"):
             node["inputs"].update(width=64, height=48, batch_size=2)
-        if node["class_type"] == "ImageScale":
+        if node["class_type"] in ("ImageScale", "ZImagePromptListGenerate"):
             node["inputs"].update(width=64, height=48)
     return prompt
 
@@ -76,13 +44,17 @@ def test_committed_workflows_equal_the_generator_output():
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=os.path.basename)
-def test_api_workflow_validates_and_runs(path, real_named_models):
+def test_api_workflow_validates_and_runs(path, real_named_models, monkeypatch):
+    monkeypatch.setenv("ZIMAGE_OUTPUT_DIR", str(real_named_models / "output"))
     prompt = json.load(open(path, encoding="utf-8"))
     assert validate_prompt(prompt) == []
     _, ui = run_prompt(_small(prompt))
-    saved = [p for node_ui in ui.values() for p in node_ui.get("images", [])]
+    # native SaveImage's stub shows paths; our savers show ComfyUI's {filename, subfolder, type}
+    saved = [p if isinstance(p, str) else str(real_named_models / "output" / p["subfolder"] / p["filename"])
+             for node_ui in ui.values() for p in node_ui.get("images", [])]
     batch = 2 if any(n["class_type"] == "ZImageEmptyLatent" for n in prompt.values()) else 1  # _small's batch, or one loaded image
-    assert len(saved) == batch * sum(node["class_type"] == "SaveImage" for node in prompt.values())
+    listed = sum(len(n["inputs"]["prompts"].splitlines()) for n in prompt.values() if n["class_type"] == "ZImagePromptList")
+    assert len(saved) == batch * sum(node["class_type"] == "SaveImage" for node in prompt.values()) + listed
     image = Image.open(saved[0])
     assert image.size == (64, 48)
     assert "prompt" in image.info  # the graph travels with the PNG, as ComfyUI does

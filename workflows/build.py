@@ -250,6 +250,28 @@ def controlnet_tile_upscale() -> list[Node]:
                      Node(25, "ZImageVAEEncode", {"vae": (3, 0), "pixels": (24, 0), "tile_size": 0}, pos=(380, 380), size=(260, 100))])
 
 
+PROMPT_LIST_NOTE = (
+    "Z-Image-Turbo over a prompt list, in one queued prompt.\n\n"
+    "One prompt per line, or a .txt / .csv / .jsonl file from the input folder (csv/jsonl: 'prompt', optional 'negative' and "
+    "'seed' columns). seed_mode: fixed, increment (a seed sweep: one prompt, repeat 10) or random (recorded in each picture).\n\n"
+    "Each picture is saved with its metadata as soon as it is done; Cancel keeps the finished ones."
+)
+
+
+def prompt_list() -> list[Node]:
+    loaders = [n for n in text_to_image() if n.class_type in ("ZImageTransformerLoader", "ZImageTextEncoderLoader", "ZImageVAELoader")]
+    return [
+        Node(9, "Note", {"text": PROMPT_LIST_NOTE}, "Read me", pos=(-380, 40), size=(340, 260)),
+        *loaders,
+        Node(4, "ZImagePromptList", {"prompts": "A red fox sitting in fresh snow at sunrise, photograph.\nA lighthouse on a cliff at dusk, oil painting.\n"
+                                                "A bowl of ramen on a wooden table, top view, studio light.", "seed": 42, "seed_mode": "increment", "repeat": 1,
+                                     "file": "", "negative": ""}, pos=(380, 0), size=(400, 300)),
+        Node(6, "ZImagePromptListGenerate", {"model": (1, 0), "text_encoder": (2, 0), "vae": (3, 0), "prompt": (4, 0), "seed": (4, 2),
+                                             "width": 1024, "height": 1024, "steps": 8, "shift": 3.0, "filename_prefix": "z-image-batch",
+                                             "format": "png", "negative": (4, 1), "cfg": 1.0}, pos=(820, 0), size=(400, 560)),
+    ]
+
+
 WORKFLOWS = {
     "z_image_turbo_text_to_image": text_to_image,
     "z_image_turbo_lora_stack": text_to_image_with_loras,
@@ -264,6 +286,7 @@ WORKFLOWS = {
     "z_image_twinflow_lora": twinflow_with_lora,
     "z_image_base_4step_distill_lora": base_with_distill_lora,
     "z_image_turbo_vs_twinflow": turbo_vs_twinflow,
+    "z_image_turbo_prompt_list": prompt_list,
 }
 
 

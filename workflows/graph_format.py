@@ -28,15 +28,18 @@ def is_link(value) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], (int, str)) and isinstance(value[1], int) and not isinstance(value[0], bool)
 
 
+LIST_SHAPE = 6  # LiteGraph's grid shape: the frontend draws list outputs with it
+
+
 def widget_names(input_types: dict) -> list[str]:
     """Inputs the frontend shows as widgets, in order, with the seed's extra control value."""
     names = []
     for section in ("required", "optional"):
         for name, spec in input_types.get(section, {}).items():
             kind = spec[0]
-            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+            options = spec[1] if len(spec) > 1 else {}
+            if (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")) and not options.get("forceInput"):
                 names.append(name)
-                options = spec[1] if len(spec) > 1 else {}
                 if options.get("control_after_generate"):
                     names.append(f"{name}::control_after_generate")
                 if options.get("image_upload"):
@@ -91,7 +94,9 @@ def to_ui(nodes: list[Node], classes: dict) -> dict:
                     link[4] = len(inputs)
                     inputs.append({"name": name, "type": spec[0], "link": link[0]})
         entry["inputs"] = inputs
-        entry["outputs"] = [{"name": (getattr(cls, "RETURN_NAMES", None) or output_types(cls))[i], "type": kind, "links": link_ids.get((node.id, i), []), "slot_index": i}
+        is_list = getattr(cls, "OUTPUT_IS_LIST", ())
+        entry["outputs"] = [{"name": (getattr(cls, "RETURN_NAMES", None) or output_types(cls))[i], "type": kind, "links": link_ids.get((node.id, i), []), "slot_index": i,
+                             **({"shape": LIST_SHAPE} if i < len(is_list) and is_list[i] else {})}
                             for i, kind in enumerate(output_types(cls))]
         values = []
         for name in widget_names(types):

@@ -107,29 +107,45 @@ def ui_to_api(workflow: dict, classes: dict | None = None) -> dict:
 
 def run_prompt(prompt: dict, classes: dict | None = None, extra_pnginfo: dict | None = None) -> tuple[dict, dict]:
     """Execute every node (dependencies first); returns ({node id: outputs}, {node id: ui dict}).
-    Hidden inputs get what ComfyUI gives: PROMPT (this graph), EXTRA_PNGINFO (e.g. {"workflow": …}), UNIQUE_ID."""
+    Hidden inputs get what ComfyUI gives: PROMPT (this graph), EXTRA_PNGINFO (e.g. {"workflow": …}), UNIQUE_ID.
+
+    Lists as ComfyUI runs them: every output is a list; a node is called once per item of its longest
+    input (shorter ones repeat their last item) unless it sets INPUT_IS_LIST, and an output the node
+    marks in OUTPUT_IS_LIST is joined rather than collected. An output slot holding one value is
+    returned as that value, a longer one as the list."""
     classes = classes or all_node_classes()
     errors = validate_prompt(prompt, classes)
     if errors:
         raise ValueError(f"prompt failed validation: {errors}")
-    results: dict[str, tuple] = {}
+    lists: dict[str, list[list]] = {}
     ui: dict[str, dict] = {}
 
-    def run(node_id: str):
-        if node_id in results:
-            return results[node_id]
+    def run(node_id: str) -> list[list]:
+        if node_id in lists:
+            return lists[node_id]
         node = prompt[node_id]
-        kwargs = {name: (run(str(v[0]))[v[1]] if is_link(v) else v) for name, v in node["inputs"].items()}
         cls = classes[node["class_type"]]
+        kwargs = {name: (run(str(v[0]))[v[1]] if is_link(v) else [v]) for name, v in node["inputs"].items()}
         for name, kind in cls.INPUT_TYPES().get("hidden", {}).items():
-            kwargs[name] = {"PROMPT": prompt, "EXTRA_PNGINFO": extra_pnginfo, "UNIQUE_ID": node_id}.get(kind)
-        out = getattr(cls(), cls.FUNCTION)(**kwargs)
-        if isinstance(out, dict):  # ComfyUI's {"ui": ..., "result": (...)} form
-            ui[node_id] = out.get("ui", {})
-            out = out.get("result", ())
-        results[node_id] = tuple(out)
-        return results[node_id]
+            kwargs[name] = [{"PROMPT": prompt, "EXTRA_PNGINFO": extra_pnginfo, "UNIQUE_ID": node_id}.get(kind)]
+        if getattr(cls, "INPUT_IS_LIST", False):
+            calls = [kwargs]
+        else:
+            count = max((len(v) for v in kwargs.values()), default=1)
+            calls = [{k: v[min(i, len(v) - 1)] for k, v in kwargs.items()} for i in range(count)]
+        outs = []
+        for call in calls:
+            out = getattr(cls(), cls.FUNCTION)(**call)
+            if isinstance(out, dict):  # ComfyUI's {"ui": ..., "result": (...)} form
+                for key, value in out.get("ui", {}).items():
+                    ui.setdefault(node_id, {}).setdefault(key, []).extend(value if isinstance(value, list) else [value])
+                out = out.get("result", ())
+            outs.append(tuple(out))
+        is_list = getattr(cls, "OUTPUT_IS_LIST", (False,) * len(cls.RETURN_TYPES))
+        lists[node_id] = [[x for o in outs for x in o[j]] if is_list[j] else [o[j] for o in outs] for j in range(len(cls.RETURN_TYPES))]
+        return lists[node_id]
 
     for node_id in prompt:
         run(node_id)
+    results = {node_id: tuple(slot[0] if len(slot) == 1 else slot for slot in slots) for node_id, slots in lists.items()}
     return results, ui
