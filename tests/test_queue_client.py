@@ -1,0 +1,202 @@
+"""The queue client against servers that speak ComfyUI's API on 127.0.0.1 (tests/fake_comfy_server.py,
+real processes): rows checked before anything is sent, jobs spread over two servers, a failed job
+retried on the other server, a server killed mid-run, and a killed client resumed without losing or
+repeating a job."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from zimage_pack.client.cli import main as queue_main
+from zimage_pack.client.runner import Runner, RowsRejected
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WORKFLOW = os.path.join(ROOT, "workflows", "z_image_turbo_text_to_image_api.json")
+LORA_WORKFLOW = os.path.join(ROOT, "workflows", "z_image_turbo_lora_stack_api.json")
+
+
+@pytest.fixture()
+def object_info(real_named_models, tmp_path):
+    """/object_info as ComfyUI builds it (node_info) from our nodes and the native ones, with the model
+    lists of a models folder holding the workflow's files."""
+    from zimage_pack.workflows.headless import all_node_classes
+
+    info = {name: {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES), "name": name,
+                   "output_is_list": list(getattr(cls, "OUTPUT_IS_LIST", [False] * len(cls.RETURN_TYPES)))}
+            for name, cls in all_node_classes().items()}
+    path = tmp_path / "object_info.json"
+    path.write_text(json.dumps(info), encoding="utf-8")
+    return str(path)
+
+
+class Servers:
+    def __init__(self, tmp_path, object_info):
+        self.tmp_path, self.object_info, self.procs = tmp_path, object_info, {}
+
+    def start(self, name: str, seconds: float = 0.2, fail_seed: int | None = None) -> str:
+        command = [sys.executable, os.path.join(HERE, "fake_comfy_server.py"), "--object-info", self.object_info,
+                   "--log", str(self.tmp_path / f"{name}.log"), "--seconds", str(seconds)]
+        if fail_seed is not None:
+            command += ["--fail-seed", str(fail_seed)]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        line = proc.stdout.readline()
+        assert line.startswith("listening on "), f"the test server did not start: {line!r}"
+        self.procs[name] = proc
+        return f"127.0.0.1:{int(line.split()[-1])}"
+
+    def log(self, name: str) -> list[dict]:
+        path = self.tmp_path / f"{name}.log"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait()
+
+    def stop_all(self):
+        for proc in self.procs.values():
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture()
+def servers(tmp_path, object_info):
+    running = Servers(tmp_path, object_info)
+    yield running
+    running.stop_all()
+
+
+def _table(tmp_path, rows: list[dict], name="jobs.jsonl") -> str:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _results(out) -> list[dict]:
+    return [json.loads(line) for line in open(os.path.join(out, "results.jsonl"), encoding="utf-8")]
+
+
+def test_the_client_imports_neither_torch_nor_the_engine():
+    code = "import sys, zimage_pack.client.cli; print(sorted(m for m in sys.modules if m in ('torch', 'diffusers', 'zimage_pack.loaders', 'zimage_pack.nodes')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_bad_rows_are_reported_per_row_and_nothing_is_sent(servers, tmp_path, capsys):
+    url = servers.start("a")
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("prompt,seed,width,6.stepz,1.weight_dtype,99.text,colour\n"
+                   "a fox,1,512,,,,\n"           # fine
+                   "a cat,x,512,,,,\n"           # seed is no number
+                   "a dog,2,99999,,,,\n"         # width above the maximum
+                   "an owl,3,512,4,,,\n"         # no input 'stepz'
+                   "a bee,4,512,,fp12,,\n"       # not in the list
+                   "a elk,5,512,,,hi,\n"         # no node 99
+                   "a yak,6,512,,,,red\n",       # unknown column
+                   encoding="utf-8")
+    code = queue_main([WORKFLOW, str(csv), "--server", url, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nothing was sent" in err
+    for row, fragment in ((2, "'x' is not a whole number"), (3, "99999 is above the maximum 16384"), (4, "no input 'stepz'"),
+                          (5, "'fp12' is not in the list"), (6, "no node '99'"), (7, "column 'colour': unknown")):
+        assert any(line.strip().startswith(f"row {row} (line {row + 1})") and fragment in line for line in err.splitlines()), (row, err)
+    assert "row 1 " not in err
+    time.sleep(0.3)
+    assert servers.log("a") == [] and not os.path.exists(tmp_path / "out" / "jobs.json")
+
+
+def test_jobs_spread_over_two_servers_with_results_and_files(servers, tmp_path):
+    urls = [servers.start("a"), servers.start("b")]
+    rows = [{"job": f"j{i}", "prompt": f"prompt {i}", "seed": 100 + i, "lora_strength": 0.5} for i in range(6)]
+    out = str(tmp_path / "out")
+    code = queue_main([LORA_WORKFLOW, _table(tmp_path, rows), "--server", urls[0], "--server", urls[1], "--out", out, "--per-server", "1"])
+    assert code == 0
+    results = _results(out)
+    assert sorted(r["job"] for r in results) == [f"j{i}" for i in range(6)]
+    assert {r["server"] for r in results} == {f"http://{u}" for u in urls}  # both servers worked
+    for r in results:
+        assert r["seed"] == 100 + int(r["job"][1:]) and r["seconds"] > 0 and os.path.getsize(os.path.join(out, r["files"][0])) > 0
+    ran = servers.log("a") + servers.log("b")
+    assert sorted(e["seed"] for e in ran) == [100 + i for i in range(6)]
+
+
+def test_a_failed_job_is_retried_on_the_other_server(servers, tmp_path):
+    urls = [servers.start("a", fail_seed=13), servers.start("b")]
+    out = str(tmp_path / "out")
+    assert queue_main([WORKFLOW, _table(tmp_path, [{"job": "unlucky", "seed": 13}]), "--server", urls[0], "--server", urls[1], "--out", out]) == 0
+    assert [e["ok"] for e in servers.log("a")] == [False] and [e["ok"] for e in servers.log("b")] == [True]
+    assert _results(out)[0]["server"] == f"http://{urls[1]}"
+
+
+def test_a_server_killed_mid_run_loses_nothing_and_repeats_nothing(servers, tmp_path):
+    urls = [servers.start("a", seconds=0.4), servers.start("b", seconds=0.4)]
+    rows = [{"job": f"j{i}", "seed": i} for i in range(10)]
+    out = str(tmp_path / "out")
+    from zimage_pack.client.table import read_table
+
+    runner = Runner(json.load(open(WORKFLOW)), read_table(_table(tmp_path, rows)), urls, out, per_server=2, poll_seconds=0.2)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    deadline = time.time() + 30
+    while len(servers.log("a")) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    servers.kill("a")  # mid-run: one job running there, one queued
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    done = [e for e in servers.log("a") + servers.log("b") if e["ok"]]
+    assert sorted(e["job"] for e in done) == sorted(f"j{i}" for i in range(10))  # each job ran to the end exactly once
+    assert sorted(r["job"] for r in _results(out)) == sorted(f"j{i}" for i in range(10))
+    assert len(servers.log("a")) >= 2 and len(servers.log("b")) >= 5
+
+
+def test_a_killed_client_resumes_with_exactly_the_missing_jobs(servers, tmp_path):
+    url = servers.start("a", seconds=0.3)
+    rows = [{"job": f"j{i}", "seed": i, "prompt": f"p{i}"} for i in range(8)]
+    table, out = _table(tmp_path, rows), str(tmp_path / "out")
+    command = [sys.executable, "-m", "zimage_pack.client.cli", WORKFLOW, table, "--server", url, "--out", out, "--per-server", "3"]
+    client = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    results = os.path.join(out, "results.jsonl")
+    deadline = time.time() + 30
+    while (not os.path.exists(results) or len(open(results).read().splitlines()) < 3) and time.time() < deadline:
+        time.sleep(0.02)
+    client.send_signal(signal.SIGKILL)  # with jobs submitted and not yet collected
+    client.wait()
+    before = {r["job"] for r in _results(out)}
+    assert 3 <= len(before) < 8
+    assert subprocess.run(command, stderr=subprocess.DEVNULL).returncode == 0
+    assert sorted(r["job"] for r in _results(out)) == sorted(f"j{i}" for i in range(8))
+    executions = [e["job"] for e in servers.log("a")]
+    assert sorted(executions) == sorted(f"j{i}" for i in range(8))  # nothing sent twice: the in-flight ones were collected
+    jobs = json.load(open(os.path.join(out, "jobs.json")))["jobs"]
+    assert all(j["state"] == "done" for j in jobs.values())
+    # a third run has nothing left to do and sends nothing
+    assert subprocess.run(command, stderr=subprocess.DEVNULL).returncode == 0 and len(servers.log("a")) == 8
+
+
+def test_csv_text_becomes_the_inputs_type(servers, tmp_path):
+    url = servers.start("a")
+    csv = tmp_path / "jobs.csv"
+    csv.write_text('prompt,seed,Prompt.text,6.denoise\n"a fox, in snow",7,,0.5\n', encoding="utf-8")
+    out = str(tmp_path / "out")
+    assert queue_main([WORKFLOW, str(csv), "--server", url, "--out", out]) == 0
+    assert [e["seed"] for e in servers.log("a")] == [7]
+    assert _results(out)[0]["seed"] == 7
+
+
+def test_columns_find_their_inputs():
+    from zimage_pack.client.overrides import OverrideError, apply_row
+
+    workflow = json.load(open(LORA_WORKFLOW))
+    graph, applied = apply_row(workflow, {"prompt": "a yak", "seed": 5, "width": 512, "lora_strength": 0.3, "ZImageTurboSampler.steps": 4, "_line": 2})
+    kinds = {(graph[n]["class_type"], name): value for _, n, name, value in applied}
+    assert kinds[("ZImageTextEncode", "text")] == "a yak" and kinds[("ZImageTurboSampler", "seed")] == 5
+    assert kinds[("ZImageEmptyLatent", "width")] == 512 and kinds[("ZImageTurboSampler", "steps")] == 4
+    assert {name for (kind, name) in kinds if kind == "ZImageLoraStack"} == {f"strength_{i}" for i in range(1, 5)}
+    assert workflow != graph and json.load(open(LORA_WORKFLOW)) == workflow  # the workflow itself is untouched
+    with pytest.raises(OverrideError, match="no node 'Sampler'"):
+        apply_row(workflow, {"Sampler.steps": 3})
