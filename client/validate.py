@@ -61,6 +61,11 @@ def check_value(value, spec) -> str | None:
             return f"{value} is below the minimum {options['min']}"
         if "max" in options and value > options["max"]:
             return f"{value} is above the maximum {options['max']}"
+        step, start = options.get("step", 1), options.get("min", 0)
+        if kind == "INT" and isinstance(step, int) and step > 1 and (value - start) % step:
+            # ComfyUI's frontend offers only these values; nodes such as the latent sizes refuse others at run time
+            near = start + round((value - start) / step) * step
+            return f"{value} is not a multiple of {step}{f' from {start}' if start % step else ''} (nearest: {near})"
     return None
 
 

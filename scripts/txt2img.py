@@ -43,7 +43,7 @@ def main(argv=None) -> str:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import zimage_pack  # noqa: F401  (installed by scripts/setup_env.sh)
     from zimage_pack.loaders.demo_models import write_demo_models
-    from zimage_pack.workflows.build import HERE as WORKFLOWS
+    from zimage_pack.workflows.build import workflow_path
     from zimage_pack.workflows.headless import run_prompt
     from zimage_pack.workflows.native_nodes import SaveImage
 
@@ -61,7 +61,7 @@ def main(argv=None) -> str:
     width = args.width or (256 if demo else 1024)
     height = args.height or (256 if demo else 1024)
 
-    with open(os.path.join(WORKFLOWS, "z_image_turbo_text_to_image_api.json"), encoding="utf-8") as fh:
+    with open(workflow_path("z_image_turbo_text_to_image_api.json"), encoding="utf-8") as fh:
         prompt = json.load(fh)
     nodes = {node["class_type"]: node["inputs"] for node in prompt.values()}
     nodes["ZImageTransformerLoader"].update(model_name=os.path.abspath(args.transformer), weight_dtype=args.weight_dtype)

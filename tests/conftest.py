@@ -92,7 +92,6 @@ def standalone_models(model_files, tokenizer_dir, monkeypatch):
 @pytest.fixture()
 def real_named_models(tmp_path, tiny_transformer, tiny_text_encoder, tiny_vae, tokenizer_dir, monkeypatch):
     """Tiny models saved under the names users download, in ComfyUI's folder layout."""
-    from PIL import Image
 
     from zimage_pack.loaders import demo_models as dm
     from zimage_pack.nodes import comfy_services
@@ -115,10 +114,9 @@ def real_named_models(tmp_path, tiny_transformer, tiny_text_encoder, tiny_vae, t
         dm.write_controlnet(dm.make_controlnet(version, seed=5), str(tmp_path / "model_patches" / name))
     from zimage_pack.workflows.native_nodes import LoadImage
 
-    (tmp_path / "input").mkdir()
-    for kind, name in build.CONTROL_IMAGES.items():
-        pixels = (torch.rand(40, 56, 4, generator=torch.Generator().manual_seed(len(name))) * 255).to(torch.uint8).numpy()
-        Image.fromarray(pixels, "RGBA").convert("RGBA" if kind == "inpaint" else "RGB").save(tmp_path / "input" / name)
+    import shutil
+
+    shutil.copytree(build.INPUT_DIR, tmp_path / "input")  # the example pictures the ControlNet workflows ship
     monkeypatch.setattr(LoadImage, "input_dir", str(tmp_path / "input"))
     monkeypatch.setattr(comfy_services, "_standalone_root", str(tmp_path))
     monkeypatch.setenv("ZIMAGE_TOKENIZER_DIR", tokenizer_dir)

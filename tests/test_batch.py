@@ -14,8 +14,7 @@ from zimage_pack.nodes import batch_nodes
 from zimage_pack.samplers.prompt_list import PromptItem, assign_seeds, parse_prompt_lines, read_prompt_file, run_items
 from zimage_pack.workflows.headless import run_prompt
 
-WORKFLOW_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows")
-LIST_API = os.path.join(WORKFLOW_DIR, "z_image_turbo_prompt_list_api.json")
+LIST_API = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "example_workflows", "api", "z_image_turbo_prompt_list_api.json")
 
 
 def test_typed_lines_skip_blanks_and_comments():

@@ -18,8 +18,8 @@ from zimage_pack.client.runner import Runner, RowsRejected
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-WORKFLOW = os.path.join(ROOT, "workflows", "z_image_turbo_text_to_image_api.json")
-LORA_WORKFLOW = os.path.join(ROOT, "workflows", "z_image_turbo_lora_stack_api.json")
+WORKFLOW = os.path.join(ROOT, "example_workflows", "api", "z_image_turbo_text_to_image_api.json")
+LORA_WORKFLOW = os.path.join(ROOT, "example_workflows", "api", "z_image_turbo_lora_stack_api.json")
 
 
 @pytest.fixture()
@@ -97,13 +97,15 @@ def test_bad_rows_are_reported_per_row_and_nothing_is_sent(servers, tmp_path, ca
                    "an owl,3,512,4,,,\n"         # no input 'stepz'
                    "a bee,4,512,,fp12,,\n"       # not in the list
                    "a elk,5,512,,,hi,\n"         # no node 99
-                   "a yak,6,512,,,,red\n",       # unknown column
+                   "a yak,6,512,,,,red\n"        # unknown column
+                   "a gnu,7,250,,,,\n",          # not a multiple of 16
                    encoding="utf-8")
     code = queue_main([WORKFLOW, str(csv), "--server", url, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "nothing was sent" in err
     for row, fragment in ((2, "'x' is not a whole number"), (3, "99999 is above the maximum 16384"), (4, "no input 'stepz'"),
-                          (5, "'fp12' is not in the list"), (6, "no node '99'"), (7, "column 'colour': unknown")):
+                          (5, "'fp12' is not in the list"), (6, "no node '99'"), (7, "column 'colour': unknown"),
+                          (8, "250 is not a multiple of 16 (nearest: 256)")):
         assert any(line.strip().startswith(f"row {row} (line {row + 1})") and fragment in line for line in err.splitlines()), (row, err)
     assert "row 1 " not in err
     time.sleep(0.3)

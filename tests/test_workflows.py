@@ -15,10 +15,10 @@ from zimage_pack.workflows import build
 from zimage_pack.workflows.headless import run_prompt, ui_to_api, validate_prompt
 from zimage_pack.workflows.native_nodes import SaveImage
 
-WORKFLOW_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows")
-API_FILES = sorted(glob.glob(os.path.join(WORKFLOW_DIR, "*_api.json")))
-UI_FILES = sorted(f for f in glob.glob(os.path.join(WORKFLOW_DIR, "*.json")) if not f.endswith("_api.json"))
-T2I_API = os.path.join(WORKFLOW_DIR, "z_image_turbo_text_to_image_api.json")
+WORKFLOW_DIR = build.EXAMPLES_DIR
+API_FILES = sorted(glob.glob(os.path.join(build.API_DIR, "*_api.json")))
+UI_FILES = sorted(glob.glob(build.workflow_path("*.json")))
+T2I_API = build.workflow_path("z_image_turbo_text_to_image_api.json")
 
 
 def _small(prompt: dict) -> dict:
@@ -39,7 +39,7 @@ def test_there_are_workflows_in_both_formats():
 
 def test_committed_workflows_equal_the_generator_output():
     for name, obj in build.render().items():
-        with open(os.path.join(WORKFLOW_DIR, name), encoding="utf-8") as fh:
+        with open(build.workflow_path(name), encoding="utf-8") as fh:
             assert fh.read() == build.dumps(obj), f"{name} is stale: run python -m zimage_pack.workflows.build"
 
 
@@ -65,7 +65,7 @@ def test_ui_workflow_matches_node_definitions(path, real_named_models):
     workflow = json.load(open(path, encoding="utf-8"))
     prompt = ui_to_api(workflow)
     assert validate_prompt(prompt) == []
-    api = json.load(open(path.replace(".json", "_api.json"), encoding="utf-8"))
+    api = json.load(open(build.workflow_path(os.path.basename(path).replace(".json", "_api.json")), encoding="utf-8"))
     assert {k: v["inputs"] for k, v in prompt.items()} == {k: v["inputs"] for k, v in api.items()}
 
 
@@ -113,7 +113,7 @@ def test_size_not_multiple_of_16_fails_at_queue_time(real_named_models):
 
 
 def test_lora_workflow_reports_every_key(real_named_models):
-    prompt = _small(json.load(open(os.path.join(WORKFLOW_DIR, "z_image_turbo_lora_stack_api.json"), encoding="utf-8")))
+    prompt = _small(json.load(open(build.workflow_path("z_image_turbo_lora_stack_api.json"), encoding="utf-8")))
     outputs, ui = run_prompt(prompt)
     report = next(node_ui["text"][0] for node_ui in ui.values() if "text" in node_ui)
     assert f"{build.LORA_FILE} (musubi-tuner / kohya): applied 48 of 48 keys" in report
@@ -130,8 +130,8 @@ def test_pictures_carry_how_they_were_made(real_named_models, monkeypatch, fmt):
 
     monkeypatch.setenv("ZIMAGE_OUTPUT_DIR", str(real_named_models / "output"))
     name = "z_image_turbo_lora_stack"
-    prompt = _small(json.load(open(os.path.join(WORKFLOW_DIR, f"{name}_api.json"), encoding="utf-8")))
-    workflow = json.load(open(os.path.join(WORKFLOW_DIR, f"{name}.json"), encoding="utf-8"))
+    prompt = _small(json.load(open(build.workflow_path(f"{name}_api.json"), encoding="utf-8")))
+    workflow = json.load(open(build.workflow_path(f"{name}.json"), encoding="utf-8"))
     save_id = next(k for k, n in prompt.items() if n["class_type"] == "SaveImage")
     prompt[save_id] = {"class_type": "ZImageSaveImage", "inputs": {"images": prompt[save_id]["inputs"]["images"], "filename_prefix": "meta/z", "format": fmt}}
     results, ui = run_prompt(prompt, extra_pnginfo={"workflow": workflow})
@@ -159,7 +159,7 @@ def test_controlnet_and_negative_prompt_are_recorded(real_named_models, monkeypa
     from zimage_pack.loaders.image_metadata import read_metadata
 
     monkeypatch.setenv("ZIMAGE_OUTPUT_DIR", str(real_named_models / "output"))
-    prompt = _small(json.load(open(os.path.join(WORKFLOW_DIR, "z_image_controlnet_canny_api.json"), encoding="utf-8")))
+    prompt = _small(json.load(open(build.workflow_path("z_image_controlnet_canny_api.json"), encoding="utf-8")))
     sampler_id = next(k for k, n in prompt.items() if n["class_type"] == "ZImageTurboSampler")
     prompt["90"] = {"class_type": "ZImageTextEncode", "inputs": {"text_encoder": ["2", 0], "text": "blurry, watermark"}}
     prompt[sampler_id]["inputs"].update(negative=["90", 0], cfg=3.0)
@@ -173,9 +173,31 @@ def test_controlnet_and_negative_prompt_are_recorded(real_named_models, monkeypa
 
 def test_ui_workflows_carry_download_locations():
     """As ComfyUI's templates: properties.models (name, url, directory) on the loaders of known files."""
-    workflow = json.load(open(os.path.join(WORKFLOW_DIR, "z_image_turbo_text_to_image.json"), encoding="utf-8"))
+    workflow = json.load(open(build.workflow_path("z_image_turbo_text_to_image.json"), encoding="utf-8"))
     models = {m["name"]: m for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])}
     assert set(models) == {build.TRANSFORMER_FILE, build.TEXT_ENCODER_FILE, build.VAE_FILE}
     for name, entry in models.items():
         assert entry["url"].startswith("https://huggingface.co/Comfy-Org/") and entry["url"].endswith("/" + name)
     assert models[build.TRANSFORMER_FILE]["directory"] == "diffusion_models" and models[build.VAE_FILE]["directory"] == "vae"
+
+
+def test_controlnet_workflows_ship_their_example_pictures():
+    import numpy as np
+
+    from zimage_pack.workflows.example_inputs import PICTURES
+
+    assert set(build.CONTROL_IMAGES.values()) <= set(PICTURES)
+    for name, draw in PICTURES.items():
+        with Image.open(os.path.join(build.INPUT_DIR, name)) as committed:
+            assert np.array_equal(np.asarray(committed), np.asarray(draw())), f"{name} is stale: run python -m zimage_pack.workflows.example_inputs"
+    for path in API_FILES:
+        for node in json.load(open(path, encoding="utf-8")).values():
+            if node["class_type"] == "LoadImage":
+                assert os.path.isfile(os.path.join(build.INPUT_DIR, node["inputs"]["image"])), (path, node["inputs"]["image"])
+
+
+def test_templates_browser_lists_only_ui_workflows():
+    """ComfyUI lists <pack>/example_workflows/*.json (and other folder names) as templates: only UI forms may be there."""
+    for path in glob.glob(os.path.join(os.path.dirname(WORKFLOW_DIR), "*", "*.json")):
+        if os.path.basename(os.path.dirname(path)) in ("example_workflows", "example", "examples", "workflow", "workflows"):
+            assert "nodes" in json.load(open(path, encoding="utf-8")), f"{path} would be listed as a template but is not a UI workflow"

@@ -14,6 +14,11 @@ from .graph_format import Node, to_api, to_ui
 from .headless import all_node_classes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# ComfyUI's layout for a pack's templates: UI workflows in <pack>/example_workflows/ (listed in the
+# Templates browser); the API forms one level down, so the browser does not list them as templates.
+EXAMPLES_DIR = os.path.join(os.path.dirname(HERE), "example_workflows")
+API_DIR = os.path.join(EXAMPLES_DIR, "api")
+INPUT_DIR = os.path.join(EXAMPLES_DIR, "input")  # the example pictures the ControlNet workflows load
 
 # The file names users download (Comfy-Org's repackaged Z-Image-Turbo files).
 TRANSFORMER_FILE = "z_image_turbo_bf16.safetensors"
@@ -301,15 +306,20 @@ def render() -> dict[str, dict]:
     return files
 
 
+def workflow_path(file_name: str) -> str:
+    return os.path.join(API_DIR if file_name.endswith("_api.json") else EXAMPLES_DIR, file_name)
+
+
 def dumps(obj: dict) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
 def main() -> None:
     for name, obj in render().items():
-        with open(os.path.join(HERE, name), "w", encoding="utf-8") as fh:
+        path = workflow_path(name)
+        with open(path, "w", encoding="utf-8") as fh:
             fh.write(dumps(obj))
-        print("wrote", os.path.join(HERE, name))
+        print("wrote", path)
 
 
 if __name__ == "__main__":

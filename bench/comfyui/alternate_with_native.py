@@ -16,7 +16,7 @@ from queue_prompt import run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOG = sys.argv[1]
-w = json.load(open(os.path.join(HERE, "..", "..", "workflows", "z_image_turbo_text_to_image_api.json")))
+w = json.load(open(os.path.join(HERE, "..", "..", "example_workflows", "api", "z_image_turbo_text_to_image_api.json")))
 w["1"]["inputs"]["model_name"] = "z_image_turbo_int8_convrot.safetensors"
 w["2"]["inputs"]["text_encoder_name"] = "qwen_3_4b_fp8_mixed.safetensors"
 w["5"]["inputs"].update(width=64, height=64)

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from queue_prompt import get, post, run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-base = json.load(open(os.path.join(HERE, "..", "..", "workflows", "z_image_turbo_text_to_image_api.json")))
+base = json.load(open(os.path.join(HERE, "..", "..", "example_workflows", "api", "z_image_turbo_text_to_image_api.json")))
 base["1"]["inputs"]["model_name"], base["2"]["inputs"]["text_encoder_name"] = sys.argv[1], sys.argv[2]
 delay = float(sys.argv[3]) if len(sys.argv) > 3 else 20
 size = int(sys.argv[4]) if len(sys.argv) > 4 else 1536

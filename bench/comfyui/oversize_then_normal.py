@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from queue_prompt import run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-base = json.load(open(os.path.join(HERE, "..", "..", "workflows", "z_image_turbo_text_to_image_api.json")))
+base = json.load(open(os.path.join(HERE, "..", "..", "example_workflows", "api", "z_image_turbo_text_to_image_api.json")))
 base["1"]["inputs"]["model_name"], base["2"]["inputs"]["text_encoder_name"] = sys.argv[1], sys.argv[2]
 pid = subprocess.run(["pgrep", "-f", "main.py --cpu"], capture_output=True, text=True).stdout.split()[0]
 for size, steps in ((16384, 1), (256, 2)):
