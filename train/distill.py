@@ -1,0 +1,362 @@
+"""Turbo++ step-decoupled distillation: an 8-step Z-Image-Turbo teacher into a 2-step student.
+
+What the paper states, and how it is built here:
+- step-decoupled parameters: the frozen teacher plus one LoRA set per step (peft adapters "step1",
+  "step2" on the diffusers module's attention and feed-forward layers of the main blocks);
+- end-to-end training with iterative regularisation: both student steps run from the teacher's noise
+  and prompt, the final loss reaches step 1 through step 2 (no detach), and a step-1 loss holds the
+  intermediate state to the teacher's trajectory at σ_mid;
+- distribution-aligned adversarial learning: a discriminator whose "real" samples are the teacher's
+  8-step outputs and "fake" the student's, made of small heads on the frozen teacher's features at a
+  few blocks after re-noising (LADD / SANA-Sprint style), hinge loss.
+Choices the paper leaves open (documented in the README): the step-1 target (the teacher's Euler
+trajectory at σ_mid, exact for Euler since its path is piecewise linear in σ), LoRA targets and rank,
+the re-noise range, the loss weights, when the adversarial term starts.
+
+The sampler the student is trained for is the pack's 2-step sampler (samplers/two_step.py): σ = 1,
+shift(σ_mid), 0 and the step-2 rule; the output LoRAs and bundle run there unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..loaders.step_decoupled import StepSettings
+from ..samplers.latents import comfy_noise
+from ..samplers.schedules import full_schedule
+from ..samplers.two_step import two_step_sigmas
+
+ADAPTERS = ("step1", "step2")
+LORA_TARGETS = r"layers\.\d+\.(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forward\.(w1|w2|w3))"
+
+
+@dataclass
+class DistillConfig:
+    out: str
+    prompts: list[str]
+    width: int = 1024
+    height: int = 1024
+    samples_per_prompt: int = 4
+    steps: int = 2000
+    batch: int = 4
+    rank: int = 16
+    lr: float = 1e-4
+    lr_disc: float = 1e-4
+    w_final: float = 1.0
+    w_step1: float = 0.5
+    w_adv: float = 0.05
+    adv_start: int = 0  # steps of plain regression before the adversarial term joins
+    decoupled: bool = True  # False: one LoRA shared by both steps (the ablation)
+    teacher_steps: int = 8
+    shift: float = 3.0
+    sigma_mid: float = 0.5  # before the shift, as the 2-Step Sampler takes it
+    step2_rule: str = "euler"
+    disc_layers: tuple = ()  # main blocks whose (frozen teacher) features feed the heads; () = at 1/3 and 2/3 depth
+    renoise: tuple = (0.1, 0.9)  # σ range the samples are re-noised to before the discriminator sees them
+    checkpoint_every: int = 100
+    seed: int = 0
+    gradient_checkpointing: bool = False
+
+    def settings(self) -> StepSettings:
+        return StepSettings(sigma_mid=self.sigma_mid, shift=self.shift, step2_rule=self.step2_rule).check()
+
+
+# --- the model calls, with gradients ---------------------------------------------------------
+
+def velocity(module, x: torch.Tensor, sigma: float, features: list[torch.Tensor]) -> torch.Tensor:
+    """The flow velocity at σ (model space), as samplers/turbo.py computes it, but differentiable."""
+    t = torch.full((x.shape[0],), 1.0 - sigma, dtype=x.dtype, device=x.device)
+    out = module(list(x.unsqueeze(2)), t, features, return_dict=False)[0]
+    return -torch.stack(out).squeeze(2).to(x.dtype)
+
+
+@torch.no_grad()
+def teacher_run(module, noise: torch.Tensor, features: list[torch.Tensor], steps: int, shift: float, sigma_mid: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, state at ``sigma_mid``) of the teacher's Euler run. Euler's path is linear in σ between
+    its grid points, so the state at any σ between two of them is their interpolation: exact."""
+    sigmas = full_schedule(steps, shift).tolist()
+    x, mid = noise.clone(), None
+    for i in range(steps):
+        v = velocity(module, x, sigmas[i], features)
+        nxt = x + (sigmas[i + 1] - sigmas[i]) * v
+        if mid is None and sigmas[i + 1] <= sigma_mid <= sigmas[i]:
+            mid = x + (sigma_mid - sigmas[i]) * v
+        x = nxt
+    return x, mid
+
+
+def student_run(module, noise: torch.Tensor, features: list[torch.Tensor], sigmas: tuple[float, float], rule: str, renoise: torch.Tensor | None,
+                activate) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x0, state at σ_mid, step 1's x0 prediction): the 2-step sampler's arithmetic with the step's
+    adapter active, gradients kept through both steps."""
+    s0, s1 = sigmas
+    activate("step1")
+    v = velocity(module, noise, s0, features)
+    x0_step1 = noise - s0 * v
+    x_mid = noise + (s1 - s0) * v if rule == "euler" else s1 * renoise + (1 - s1) * x0_step1
+    activate("step2")
+    x0 = x_mid - s1 * velocity(module, x_mid, s1, features)
+    return x0, x_mid, x0_step1
+
+
+# --- adapters --------------------------------------------------------------------------------
+
+def add_adapters(module, rank: int, decoupled: bool) -> list[torch.nn.Parameter]:
+    """peft LoRA adapters (B = 0: the student starts as the teacher), float32 whatever the base's dtype."""
+    from peft import LoraConfig
+
+    names = ADAPTERS if decoupled else ("shared",)
+    with warnings.catch_warnings():  # peft warns that a second adapter is added: that is the point here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        for name in names:
+            module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, init_lora_weights=True), adapter_name=name)
+    params = [p for n, p in module.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
+def adapter_switch(module, params: list[torch.nn.Parameter], decoupled: bool):
+    """activate(name): the step's adapter on. diffusers/peft's set_adapter turns requires_grad off on
+    the other adapter, which would leave step 1 without gradient after step 2 is set: turned back on."""
+
+    def activate(step: str) -> None:
+        module.set_adapter(step if decoupled else "shared")
+        for p in params:
+            p.requires_grad_(True)
+
+    return activate
+
+
+def adapter_state(module, name: str) -> dict[str, torch.Tensor]:
+    """One adapter's weights in diffusers / PEFT naming (``transformer.layers.N….lora_A.weight``),
+    which the pack's LoRA loader and diffusers' ``load_lora_weights`` read."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(module, adapter_name=name)
+    return {f"transformer.{k}": v.detach().float().contiguous() for k, v in state.items()}
+
+
+# --- the discriminator -------------------------------------------------------------------------
+
+class Discriminator(torch.nn.Module):
+    """Heads on the frozen teacher's hidden states at ``layers``: per token, then averaged."""
+
+    def __init__(self, dim: int, layers: tuple, hidden: int = 128):
+        super().__init__()
+        self.layers = tuple(layers)
+        self.heads = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.LayerNorm(dim), torch.nn.Linear(dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 1))
+                                         for _ in self.layers)
+
+    def features(self, module, x: torch.Tensor, sigma: torch.Tensor, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The teacher's (adapters off) hidden states of re-noised ``x``; differentiable in ``x``."""
+        captured = {}
+        hooks = [module.layers[i].register_forward_hook(lambda m, args, out, i=i: captured.__setitem__(i, out)) for i in self.layers]
+        module.disable_adapters()
+        try:
+            module(list(x.unsqueeze(2)), 1.0 - sigma, features, return_dict=False)
+        finally:
+            module.enable_adapters()
+            for hook in hooks:
+                hook.remove()
+        return [captured[i] for i in self.layers]
+
+    def logits(self, hidden: list[torch.Tensor]) -> torch.Tensor:
+        return sum(head(h.float()).squeeze(-1).mean(-1) for head, h in zip(self.heads, hidden)) / len(self.heads)
+
+
+# --- the teacher cache ----------------------------------------------------------------------------
+
+def build_cache(config: DistillConfig, module, encode, log=print) -> dict:
+    """The teacher's samples (noise, state at σ_mid, x0) for every prompt × sample, made once into
+    ``out/teacher_cache.safetensors`` and reused while the settings are the same."""
+    path = os.path.join(config.out, "teacher_cache.safetensors")
+    key = json.dumps({"prompts": config.prompts, "size": [config.width, config.height], "samples": config.samples_per_prompt,
+                      "steps": config.teacher_steps, "shift": config.shift, "sigma_mid": config.sigma_mid, "seed": config.seed})
+    if os.path.exists(path):
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as handle:
+            if handle.metadata().get("key") == key:
+                return _cache_dict(load_file(path), len(config.prompts))
+    sigma_mid = float(two_step_sigmas(config.settings())[1])
+    features = [encode(p) for p in config.prompts]
+    shape = (1, module.config.in_channels, config.height // 8, config.width // 8)
+    noises, mids, finals, index = [], [], [], []
+    for i, feats in enumerate(features):
+        for j in range(config.samples_per_prompt):
+            noise = comfy_noise(shape, config.seed * 1_000_003 + i * 1009 + j)  # ComfyUI's noise: the pack's sampler starts here too
+            x0, mid = teacher_run(module, noise, [feats], config.teacher_steps, config.shift, sigma_mid)
+            noises.append(noise[0]), mids.append(mid[0]), finals.append(x0[0]), index.append(i)
+        log(f"teacher cache: prompt {i + 1}/{len(features)}")
+    tensors = {"noise": torch.stack(noises), "x_mid": torch.stack(mids), "x0": torch.stack(finals), "prompt": torch.tensor(index)}
+    tensors.update({f"features.{i}": f.contiguous() for i, f in enumerate(features)})
+    os.makedirs(config.out, exist_ok=True)
+    save_file(tensors, path, metadata={"key": key})
+    return _cache_dict(tensors, len(config.prompts))
+
+
+def _cache_dict(tensors: dict, prompts: int) -> dict:
+    return {**{k: tensors[k] for k in ("noise", "x_mid", "x0", "prompt")}, "features": [tensors[f"features.{i}"] for i in range(prompts)]}
+
+
+# --- training ------------------------------------------------------------------------------------
+
+@dataclass
+class TrainState:
+    step: int = 0
+    log: list = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, config: DistillConfig, module, encode, log=print):
+        self.config, self.module, self.log_line = config, module, log
+        torch.manual_seed(config.seed)
+        module.requires_grad_(False)
+        if config.gradient_checkpointing:
+            module.enable_gradient_checkpointing()
+        self.cache = build_cache(config, module, encode, log)
+        self.params = add_adapters(module, config.rank, config.decoupled)
+        self.activate = adapter_switch(module, self.params, config.decoupled)
+        depth = module.config.n_layers
+        self.disc = Discriminator(module.config.dim, config.disc_layers or tuple(sorted({depth // 3, (2 * depth) // 3})))
+        self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
+        self.opt_disc = torch.optim.AdamW(self.disc.parameters(), lr=config.lr_disc, betas=(0.0, 0.99), weight_decay=0.0)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.sigmas = tuple(float(s) for s in two_step_sigmas(config.settings())[:2])
+        self.state = TrainState()
+        self._resume()
+
+    # checkpoints: everything a resumed run needs to continue exactly as an uninterrupted one
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.config.out, "checkpoint.pt")
+
+    def save_checkpoint(self) -> None:
+        state = {"step": self.state.step, "log": self.state.log, "lora": [p.detach().clone() for p in self.params],
+                 "disc": self.disc.state_dict(), "opt": self.opt.state_dict(), "opt_disc": self.opt_disc.state_dict(),
+                 "generator": self.generator.get_state(), "config": asdict(self.config)}
+        torch.save(state, self.checkpoint_path + ".tmp")
+        os.replace(self.checkpoint_path + ".tmp", self.checkpoint_path)
+
+    def _resume(self) -> None:
+        if not os.path.exists(self.checkpoint_path):
+            return
+        state = torch.load(self.checkpoint_path, weights_only=False)
+        mine = {k: v for k, v in asdict(self.config).items() if k not in ("steps", "checkpoint_every")}
+        theirs = {k: v for k, v in state["config"].items() if k not in ("steps", "checkpoint_every")}
+        if json.dumps(mine, sort_keys=True, default=list) != json.dumps(theirs, sort_keys=True, default=list):
+            raise ValueError(f"{self.checkpoint_path} was made with other settings; use another --out or delete it to start over")
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["lora"]):
+                p.copy_(saved)
+        self.disc.load_state_dict(state["disc"])
+        self.opt.load_state_dict(state["opt"])
+        self.opt_disc.load_state_dict(state["opt_disc"])
+        self.generator.set_state(state["generator"])
+        self.state = TrainState(state["step"], state["log"])
+        self._write_log()  # drops the lines of steps after the checkpoint: they run again
+        self.log_line(f"resumed at step {self.state.step}")
+
+    def _write_log(self) -> None:
+        with open(os.path.join(self.config.out, "train_log.jsonl"), "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(entry) + "\n" for entry in self.state.log)
+
+    def batch(self):
+        index = torch.randint(0, self.cache["noise"].shape[0], (self.config.batch,), generator=self.generator)
+        features = [self.cache["features"][int(self.cache["prompt"][i])] for i in index]
+        renoise = torch.randn(self.cache["noise"][index].shape, generator=self.generator)
+        return self.cache["noise"][index], self.cache["x_mid"][index], self.cache["x0"][index], features, renoise
+
+    def losses(self, noise, x_mid_t, x0_t, features, renoise) -> tuple[torch.Tensor, dict, tuple]:
+        c = self.config
+        x0, x_mid, x0_step1 = student_run(self.module, noise, features, self.sigmas, c.step2_rule, renoise, self.activate)
+        final = (x0 - x0_t).pow(2).mean()
+        # step 1 held to the teacher: its state at σ_mid (euler), or its x0 guess (x0_renoise: that is what step 2 sees)
+        step1 = (x_mid - x_mid_t).pow(2).mean() if c.step2_rule == "euler" else (x0_step1 - x0_t).pow(2).mean()
+        total = c.w_final * final + c.w_step1 * step1
+        parts = {"final": final.item(), "step1": step1.item()}
+        adversarial = c.w_adv > 0 and self.state.step >= c.adv_start
+        disc_inputs = None
+        if adversarial:
+            low, high = c.renoise
+            sigma = low + (high - low) * torch.rand(2 * noise.shape[0], generator=self.generator)
+            fresh = torch.randn((2 * noise.shape[0],) + tuple(noise.shape[1:]), generator=self.generator)
+            both = torch.cat([x0_t, x0])
+            noised = sigma[:, None, None, None] * fresh + (1 - sigma[:, None, None, None]) * both
+            hidden = self.disc.features(self.module, noised, sigma, features + features)
+            for p in self.params:  # peft's enable_adapters() re-sets the active adapter: step 1's would lose its gradient
+                p.requires_grad_(True)
+            fake_logits = self.disc.logits([h[noise.shape[0]:] for h in hidden])
+            generator_loss = -fake_logits.mean()
+            total = total + c.w_adv * generator_loss
+            parts["gen"] = generator_loss.item()
+            disc_inputs = [h.detach() for h in hidden]
+        parts["total"] = total.item()
+        return total, parts, disc_inputs
+
+    def discriminator_step(self, hidden: list[torch.Tensor], batch: int) -> dict:
+        logits = self.disc.logits(hidden)
+        real, fake = logits[:batch], logits[batch:]
+        loss = torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()
+        self.opt_disc.zero_grad()
+        loss.backward()
+        self.opt_disc.step()
+        accuracy = ((real > 0).float().mean() + (fake < 0).float().mean()).item() / 2
+        return {"disc": loss.item(), "disc_acc": accuracy}
+
+    def train_step(self) -> dict:
+        c = self.config
+        noise, x_mid_t, x0_t, features, renoise = self.batch()
+        total, parts, hidden = self.losses(noise, x_mid_t, x0_t, features, renoise)
+        self.opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        for group in self.opt.param_groups:  # warm-up then cosine
+            group["lr"] = c.lr * min(1.0, (self.state.step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * self.state.step / max(1, c.steps)))
+        self.opt.step()
+        if hidden is not None:
+            parts.update(self.discriminator_step(hidden, noise.shape[0]))
+        self.state.step += 1
+        return parts
+
+    def train(self, until: int | None = None, progress: bool = True) -> list[dict]:
+        """Trains to ``until`` (default: the configured steps), checkpointing on the way."""
+        until = self.config.steps if until is None else until
+        bar = _bar(until, self.state.step) if progress else None
+        start = time.perf_counter()
+        while self.state.step < until:
+            parts = self.train_step()
+            entry = {"step": self.state.step, **{k: round(v, 6) for k, v in parts.items()}, "seconds": round(time.perf_counter() - start, 2)}
+            self.state.log.append(entry)
+            with open(os.path.join(self.config.out, "train_log.jsonl"), "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items() if k in ("final", "step1", "disc_acc")})
+            if self.state.step % self.config.checkpoint_every == 0 or self.state.step == until:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        return self.state.log
+
+    def lora_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        """{"step1": …, "step2": …} (one shared LoRA: the same weights for both)."""
+        if self.config.decoupled:
+            return {name: adapter_state(self.module, name) for name in ADAPTERS}
+        shared = adapter_state(self.module, "shared")
+        return {name: shared for name in ADAPTERS}
+
+
+def _bar(total: int, done: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="distilling", unit="step")
