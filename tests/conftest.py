@@ -110,6 +110,8 @@ def real_named_models(tmp_path, tiny_transformer, tiny_text_encoder, tiny_vae, t
     save_file(dm.diffusers_to_comfy_transformer_keys({k: v.contiguous() for k, v in twin.state_dict().items()}), str(tmp_path / "diffusion_models" / build.TWINFLOW_FILE))
     dm.write_transformer(tiny_transformer, str(tmp_path / "diffusion_models" / build.BASE_FILE))
     write_lora(tiny_transformer, str(tmp_path / "loras" / build.DISTILL_LORA_FILE), "peft")
+    for name in (build.STEP1_LORA_FILE, build.STEP2_LORA_FILE):
+        write_lora(tiny_transformer, str(tmp_path / "loras" / name), "peft")
     for name, version in ((build.CONTROLNET_FILE, "2.1"), (build.TILE_CONTROLNET_FILE, "2.1")):
         dm.write_controlnet(dm.make_controlnet(version, seed=5), str(tmp_path / "model_patches" / name))
     from zimage_pack.workflows.native_nodes import LoadImage

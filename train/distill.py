@@ -73,9 +73,17 @@ class DistillConfig:
 
 def velocity(module, x: torch.Tensor, sigma: float, features: list[torch.Tensor]) -> torch.Tensor:
     """The flow velocity at σ (model space), as samplers/turbo.py computes it, but differentiable."""
-    t = torch.full((x.shape[0],), 1.0 - sigma, dtype=x.dtype, device=x.device)
-    out = module(list(x.unsqueeze(2)), t, features, return_dict=False)[0]
+    t = torch.full((x.shape[0],), 1.0 - sigma, dtype=torch.float32, device=x.device)
+    x_list, caps = model_inputs(module, x, features)
+    out = module(x_list, t, caps, return_dict=False)[0]
     return -torch.stack(out).squeeze(2).to(x.dtype)
+
+
+def model_inputs(module, x: torch.Tensor, features: list[torch.Tensor]) -> tuple[list, list]:
+    """The diffusers module's list inputs in its compute dtype (the student's own arithmetic stays
+    float32; a bf16 base gets bf16 inputs, the cast is differentiable)."""
+    dtype = module.x_pad_token.dtype  # a top-level parameter: in the compute dtype, whatever the layers are stored in
+    return list(x.to(dtype).unsqueeze(2)), [f.to(dtype) for f in features]
 
 
 @torch.no_grad()
@@ -111,7 +119,10 @@ def student_run(module, noise: torch.Tensor, features: list[torch.Tensor], sigma
 
 def add_adapters(module, rank: int, decoupled: bool) -> list[torch.nn.Parameter]:
     """peft LoRA adapters (B = 0: the student starts as the teacher), float32 whatever the base's dtype."""
-    from peft import LoraConfig
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise SystemExit("the trainer needs peft: pip install 'comfyui-zimage[train]' (or pip install peft)") from None
 
     names = ADAPTERS if decoupled else ("shared",)
     with warnings.catch_warnings():  # peft warns that a second adapter is added: that is the point here
@@ -162,7 +173,8 @@ class Discriminator(torch.nn.Module):
         hooks = [module.layers[i].register_forward_hook(lambda m, args, out, i=i: captured.__setitem__(i, out)) for i in self.layers]
         module.disable_adapters()
         try:
-            module(list(x.unsqueeze(2)), 1.0 - sigma, features, return_dict=False)
+            x_list, caps = model_inputs(module, x, features)
+            module(x_list, (1.0 - sigma).float(), caps, return_dict=False)
         finally:
             module.enable_adapters()
             for hook in hooks:

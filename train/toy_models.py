@@ -41,25 +41,32 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def train_vae(seed: int, steps: int = 600, batch: int = 16, log=print):
+def _optimise(optimiser, loss, lr: float, step: int, steps: int, warmup: int, clip=None) -> None:
+    """One update, then the learning rate for the next: linear warm-up, cosine decay."""
+    optimiser.zero_grad()
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    optimiser.step()
+    for group in optimiser.param_groups:
+        group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * (step + 1) / steps))
+
+
+def train_vae(seed: int, steps: int = 2000, batch: int = 8, lr: float = 2e-3, log=print):
     """Reconstruction (L1 + MSE) with the latents held to Z-Image's convention: model-space latents
     ``(z − 0.1159)·0.3611`` of mean 0 and std 1, so the pack's fixed scaling fits this VAE too."""
     torch.manual_seed(seed)
     vae = dm.make_vae(seed).requires_grad_(True).train()
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     for step in range(steps):
-        images, _ = world.dataset(batch, seed * 100_003 + step)
+        images, _ = world.dataset(batch, seed * 100_003 + step, wide=True)
         x = to_pixels(images)
         mean = vae.encode(x).latent_dist.mean
         model_space = (mean - SHIFT_FACTOR) * SCALING_FACTOR
-        z = mean + 0.1 * torch.randn_like(mean) / SCALING_FACTOR  # robust to a sampler's small errors
+        z = mean + 0.02 * torch.randn_like(mean) / SCALING_FACTOR  # a little robustness to a sampler's small errors
         out = vae.decode(z).sample
         loss = (out - x).abs().mean() + (out - x).pow(2).mean() + 0.1 * (model_space.mean().pow(2) + (model_space.std() - 1).pow(2))
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        for group in optimiser.param_groups:
-            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * (step + 1) / steps))
+        _optimise(optimiser, loss, lr, step, steps, warmup=50)
         if step % 100 == 0 or step == steps - 1:
             log(f"vae step {step}: loss {loss.item():.4f}, latent mean {model_space.mean().item():+.3f} std {model_space.std().item():.3f}")
     return vae.eval().requires_grad_(False)
@@ -88,39 +95,37 @@ def velocity_target_loss(model, x0: torch.Tensor, features: list[torch.Tensor], 
     return (out - (x0 - noise)).pow(2).mean()
 
 
-def train_transformer(vae, features: dict, seed: int, steps: int = 2000, batch: int = 32, data: int = 6000, log=print):
+def train_transformer(vae, features: dict, seed: int, steps: int = 4000, batch: int = 32, data: int = 6000, lr: float = 1e-3, log=print):
     torch.manual_seed(seed)
     images, scenes = world.dataset(data, seed + 7)
     latents = model_space_latents(vae, images)
     model = ZImageTransformer2DModel(**TRANSFORMER).train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for step in range(steps):
         index = torch.randint(0, data, (batch,), generator=generator)
         loss = velocity_target_loss(model, latents[index], [features[scenes[i].prompt] for i in index.tolist()], generator)
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        for group in optimiser.param_groups:
-            group["lr"] = 5e-4 * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * (step + 1) / steps))
+        _optimise(optimiser, loss, lr, step, steps, warmup=100, clip=model.parameters())
         if step % 100 == 0 or step == steps - 1:
             log(f"transformer step {step}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
     return model.eval().requires_grad_(False)
 
 
-def write_toy_models(folder: str, seed: int = 0, vae_steps: int = 600, transformer_steps: int = 2000, tokenizer_dir: str | None = None, log=print) -> dict:
+def write_toy_models(folder: str, seed: int = 0, vae_steps: int = 2000, transformer_steps: int = 4000, tokenizer_dir: str | None = None,
+                     only_transformer: bool = False, log=print) -> dict:
+    """All three files from ``seed`` (``only_transformer``: keep the text encoder and VAE already in ``folder``)."""
     from ..loaders.text_encoder import load_text_encoder
 
     paths = toy_paths(folder)
     os.makedirs(folder, exist_ok=True)
-    encoder = dm.make_text_encoder(seed + 1, **TEXT_ENCODER).to(torch.bfloat16)
-    dm.write_text_encoder(encoder, paths["text_encoder"])
+    if not only_transformer:
+        encoder = dm.make_text_encoder(seed + 1, **TEXT_ENCODER).to(torch.bfloat16)
+        dm.write_text_encoder(encoder, paths["text_encoder"])
     tokenizer_dir = tokenizer_dir or default_tokenizer_dir()
     features = prompt_features(load_text_encoder(paths["text_encoder"], tokenizer_dir, compute_dtype="fp32"), world.ALL_SCENES)
-    vae = train_vae(seed, vae_steps, log=log)
-    dm.write_vae(vae.to(torch.bfloat16), paths["vae"])
+    if not only_transformer:
+        dm.write_vae(train_vae(seed, vae_steps, log=log).to(torch.bfloat16), paths["vae"])
     from ..loaders.vae import load_vae
 
     vae = load_vae(paths["vae"], compute_dtype="fp32").model  # the stored (bf16) weights, as the pack will use them
@@ -137,10 +142,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=TOY_DIR)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=600)
-    parser.add_argument("--transformer-steps", type=int, default=2000)
+    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--transformer-steps", type=int, default=4000)
+    parser.add_argument("--only-transformer", action="store_true", help="keep the text encoder and VAE in --out, train the transformer again")
     args = parser.parse_args(argv)
-    write_toy_models(args.out, args.seed, args.vae_steps, args.transformer_steps)
+    write_toy_models(args.out, args.seed, args.vae_steps, args.transformer_steps, only_transformer=args.only_transformer)
 
 
 if __name__ == "__main__":

@@ -255,6 +255,28 @@ def controlnet_tile_upscale() -> list[Node]:
                      Node(25, "ZImageVAEEncode", {"vae": (3, 0), "pixels": (24, 0), "tile_size": 0}, pos=(380, 380), size=(260, 100))])
 
 
+STEP1_LORA_FILE = "z_image_turbo_2step_step1_lora.safetensors"
+STEP2_LORA_FILE = "z_image_turbo_2step_step2_lora.safetensors"
+DISTILLED_NOTE = (
+    "2-step generation with per-step LoRAs from zimage-distill (the pack's Turbo++ trainer).\n\n"
+    f"Copy step1_lora.safetensors and step2_lora.safetensors from the trainer's --out folder into models/loras "
+    f"(here named {STEP1_LORA_FILE} and {STEP2_LORA_FILE}). Each branch carries its step's LoRA; the 2-Step Model "
+    "joins them. Keep sigma_mid, shift and step2_rule as trained (the trainer writes them into the LoRA files' "
+    "header and into its bundle, which the 2-Step Bundle Loader reads instead)."
+)
+
+
+def two_step_distilled_loras() -> list[Node]:
+    nodes = [n for n in two_step() if n.class_type != "Note"]
+    model_node = next(n for n in nodes if n.class_type == "ZImageTwoStepModel")
+    model_node.inputs.update(step1_model=(20, 0), step2_model=(21, 0))
+    return nodes + [
+        Node(9, "Note", {"text": DISTILLED_NOTE}, "Read me", pos=(-380, 40), size=(340, 300)),
+        Node(20, "ZImageLoraLoader", {"model": (1, 0), "lora_name": STEP1_LORA_FILE, "strength": 1.0}, "Step 1 LoRA", pos=(380, -420), size=(340, 130)),
+        Node(21, "ZImageLoraLoader", {"model": (1, 0), "lora_name": STEP2_LORA_FILE, "strength": 1.0}, "Step 2 LoRA", pos=(380, -260), size=(340, 130)),
+    ]
+
+
 PROMPT_LIST_NOTE = (
     "Z-Image-Turbo over a prompt list, in one queued prompt.\n\n"
     "One prompt per line, or a .txt / .csv / .jsonl file from the input folder (csv/jsonl: 'prompt', optional 'negative' and "
@@ -292,6 +314,7 @@ WORKFLOWS = {
     "z_image_base_4step_distill_lora": base_with_distill_lora,
     "z_image_turbo_vs_twinflow": turbo_vs_twinflow,
     "z_image_turbo_prompt_list": prompt_list,
+    "z_image_turbo_2step_distilled_loras": two_step_distilled_loras,
 }
 
 
