@@ -16,12 +16,24 @@ def _script():
     return module
 
 
-def test_demo_run_writes_png(tmp_path, tokenizer_dir):
+def test_random_demo_run_writes_png(tmp_path, tokenizer_dir):
     out = tmp_path / "demo.png"
-    path = _script().main(["--out", str(out), "--width", "64", "--height", "48", "--demo-dir", str(tmp_path / "demo"), "--tokenizer", tokenizer_dir])
+    path = _script().main(["--out", str(out), "--width", "64", "--height", "48", "--random-demo", "--demo-dir", str(tmp_path / "demo"), "--tokenizer", tokenizer_dir])
     image = np.asarray(Image.open(path))
     assert path == str(out) and image.shape == (48, 64, 3)
     assert image.std() > 0  # a real decode, not a blank canvas
+
+
+def test_with_no_weights_the_toy_model_draws_the_prompt_in_8_and_in_2_steps(tmp_path, tokenizer_dir):
+    from zimage_pack.train import toy_world
+
+    out = tmp_path / "circle.png"
+    path = _script().main(["--prompt", "a red circle on a blue background", "--out", str(out), "--tokenizer", tokenizer_dir])
+    eight = np.asarray(Image.open(path))
+    two = np.asarray(Image.open(tmp_path / "circle_2step.png"))
+    assert eight.shape == two.shape == (64, 64, 3)
+    truth = toy_world.Scene("circle", "red", "blue")
+    assert toy_world.judge(eight) == truth and toy_world.judge(two) == truth
 
 
 def test_run_with_given_files_is_seed_reproducible(tmp_path, model_files, tokenizer_dir):
