@@ -48,10 +48,13 @@ def _fake_adapters(model, rank: int):
 
             linear.register_forward_hook(hook)
 
-    def activate(step):
-        active["name"] = step
+    from zimage_pack.train.distill import AdapterSwitch
 
-    return params, activate
+    class Switch(AdapterSwitch):
+        def __call__(self, step):
+            active["name"] = self.current = step
+
+    return params, Switch(model, params, True)
 
 
 def _hidden(model, disc, x, sigma, features):
@@ -99,9 +102,9 @@ def traced_step(base: str, checkpointing: bool, size: int, rank: int, batch: int
         torch.set_default_dtype(torch.float32)
         if base == "fp8":
             model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
-        if checkpointing:
-            model.enable_gradient_checkpointing()
         params, activate = _fake_adapters(model, rank)
+        if checkpointing:  # as the trainer does: each block recomputed under the adapter it ran with
+            model.enable_gradient_checkpointing(gradient_checkpointing_func=activate.checkpoint)
         disc = Discriminator(model.config.dim, (10, 20))
         optimiser = torch.optim.AdamW(params + list(disc.parameters()), lr=1e-4)
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -126,16 +129,17 @@ def main():
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--caption-tokens", type=int, default=512)
+    parser.add_argument("--configs", default="bf16:off,bf16:on,fp8:off,fp8:on", help="base:checkpointing pairs to trace")
     args = parser.parse_args()
     import zimage_pack  # noqa: F401
 
     print(f"one zimage-distill step, real size, {args.size}², batch {args.batch}, rank {args.rank} (traced: FakeTensorMode + MemTracker)")
     print(f"{'frozen base':12s} {'checkpointing':14s} {'weights':>9s} {'peak':>9s}   smallest card")
-    for base in ("bf16", "fp8"):
-        for checkpointing in (False, True):
-            weights, peak = traced_step(base, checkpointing, args.size, args.rank, args.batch, args.caption_tokens)
-            card = next((name for name, gb in CARDS if peak * 1.1 <= gb * 0.93), "more than 141 GB")  # 10 % headroom, ~93 % of a card usable
-            print(f"{base:12s} {'on' if checkpointing else 'off':14s} {weights:8.2f}G {peak:8.2f}G   {card}")
+    for pair in args.configs.split(","):
+        base, checkpointing = pair.split(":")[0], pair.split(":")[1] == "on"
+        weights, peak = traced_step(base, checkpointing, args.size, args.rank, args.batch, args.caption_tokens)
+        card = next((name for name, gb in CARDS if peak * 1.1 <= gb * 0.93), "more than 141 GB")  # 10 % headroom, ~93 % of a card usable
+        print(f"{base:12s} {'on' if checkpointing else 'off':14s} {weights:8.2f}G {peak:8.2f}G   {card}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def main():
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--w-adv", type=float, default=0.02)
+    parser.add_argument("--w-step1", type=float, default=0.5)
     parser.add_argument("--seeds-per-scene", type=int, default=4)
     parser.add_argument("--samples-per-prompt", type=int, default=8, help="teacher samples (noises) per training prompt")
     parser.add_argument("--configs", default=",".join(CONFIGS))
@@ -81,7 +82,7 @@ def main():
             shutil.copy(shared_cache, os.path.join(out, "teacher_cache.safetensors"))
         module = load_transformer(paths["transformer"], compute_dtype="fp32").module
         options = dict(out=out, prompts=[s.prompt for s in world.TRAIN_SCENES], width=world.SIZE, height=world.SIZE, samples_per_prompt=args.samples_per_prompt,
-                       steps=args.steps, batch=args.batch, rank=args.rank, lr=args.lr, lr_disc=1e-3, w_adv=args.w_adv,
+                       steps=args.steps, batch=args.batch, rank=args.rank, lr=args.lr, lr_disc=1e-3, w_adv=args.w_adv, w_step1=args.w_step1,
                        checkpoint_every=max(50, args.steps), seed=0)
         config = DistillConfig(**{**options, **CONFIGS[name]})
         trainer = Trainer(config, module, encode, log=lambda *a: None)

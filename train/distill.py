@@ -135,16 +135,47 @@ def add_adapters(module, rank: int, decoupled: bool) -> list[torch.nn.Parameter]
     return params
 
 
-def adapter_switch(module, params: list[torch.nn.Parameter], decoupled: bool):
-    """activate(name): the step's adapter on. diffusers/peft's set_adapter turns requires_grad off on
-    the other adapter, which would leave step 1 without gradient after step 2 is set: turned back on."""
+class AdapterSwitch:
+    """switch(step) turns that step's adapter on (None: all off, the frozen teacher).
 
-    def activate(step: str) -> None:
-        module.set_adapter(step if decoupled else "shared")
-        for p in params:
+    Two traps: diffusers/peft's set_adapter and enable_adapters turn requires_grad off on the other
+    adapter, which would leave step 1 without gradient once step 2 (or the teacher pass) is set — turned
+    back on here. And gradient checkpointing recomputes a block during the backward, when another
+    adapter is active: ``checkpoint`` (given to diffusers as its checkpointing function) recomputes each
+    block under the adapter it ran with, else step 1's blocks would be recomputed with step 2's LoRA."""
+
+    def __init__(self, module, params: list[torch.nn.Parameter], decoupled: bool):
+        self.module, self.params, self.decoupled = module, params, decoupled
+        self.current = "unset"
+
+    def __call__(self, step: str | None) -> None:
+        if step == self.current:
+            return
+        if step is None:
+            self.module.disable_adapters()
+        else:
+            self.module.enable_adapters()
+            self.module.set_adapter(step if self.decoupled else "shared")
+        for p in self.params:
             p.requires_grad_(True)
+        self.current = step
 
-    return activate
+    def checkpoint(self, function, *args, **kwargs):
+        step = self.current
+
+        def run(*inner, **inner_kwargs):
+            before = self.current
+            self(step)
+            try:
+                return function(*inner, **inner_kwargs)
+            finally:
+                self(before)
+
+        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+
+def adapter_switch(module, params: list[torch.nn.Parameter], decoupled: bool) -> AdapterSwitch:
+    return AdapterSwitch(module, params, decoupled)
 
 
 def adapter_state(module, name: str) -> dict[str, torch.Tensor]:
@@ -167,16 +198,17 @@ class Discriminator(torch.nn.Module):
         self.heads = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.LayerNorm(dim), torch.nn.Linear(dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 1))
                                          for _ in self.layers)
 
-    def features(self, module, x: torch.Tensor, sigma: torch.Tensor, features: list[torch.Tensor]) -> list[torch.Tensor]:
+    def features(self, module, x: torch.Tensor, sigma: torch.Tensor, features: list[torch.Tensor], switch=None) -> list[torch.Tensor]:
         """The teacher's (adapters off) hidden states of re-noised ``x``; differentiable in ``x``."""
         captured = {}
         hooks = [module.layers[i].register_forward_hook(lambda m, args, out, i=i: captured.__setitem__(i, out)) for i in self.layers]
-        module.disable_adapters()
+        before = switch.current if switch is not None else None
+        switch(None) if switch is not None else module.disable_adapters()
         try:
             x_list, caps = model_inputs(module, x, features)
             module(x_list, (1.0 - sigma).float(), caps, return_dict=False)
         finally:
-            module.enable_adapters()
+            switch(before) if switch is not None else module.enable_adapters()
             for hook in hooks:
                 hook.remove()
         return [captured[i] for i in self.layers]
@@ -233,11 +265,11 @@ class Trainer:
         self.config, self.module, self.log_line = config, module, log
         torch.manual_seed(config.seed)
         module.requires_grad_(False)
-        if config.gradient_checkpointing:
-            module.enable_gradient_checkpointing()
         self.cache = build_cache(config, module, encode, log)
         self.params = add_adapters(module, config.rank, config.decoupled)
         self.activate = adapter_switch(module, self.params, config.decoupled)
+        if config.gradient_checkpointing:
+            module.enable_gradient_checkpointing(gradient_checkpointing_func=self.activate.checkpoint)
         depth = module.config.n_layers
         self.disc = Discriminator(module.config.dim, config.disc_layers or tuple(sorted({depth // 3, (2 * depth) // 3})))
         self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
@@ -304,9 +336,7 @@ class Trainer:
             fresh = torch.randn((2 * noise.shape[0],) + tuple(noise.shape[1:]), generator=self.generator)
             both = torch.cat([x0_t, x0])
             noised = sigma[:, None, None, None] * fresh + (1 - sigma[:, None, None, None]) * both
-            hidden = self.disc.features(self.module, noised, sigma, features + features)
-            for p in self.params:  # peft's enable_adapters() re-sets the active adapter: step 1's would lose its gradient
-                p.requires_grad_(True)
+            hidden = self.disc.features(self.module, noised, sigma, features + features, self.activate)
             fake_logits = self.disc.logits([h[noise.shape[0]:] for h in hidden])
             generator_loss = -fake_logits.mean()
             total = total + c.w_adv * generator_loss
