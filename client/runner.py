@@ -76,9 +76,10 @@ class Runner:
                 self.alive[server] = True
             except ServerDown as err:
                 self.alive[server] = False
-                print(f"zimage-queue: {err} (skipped; retried during the run)", flush=True)
+                print(f"zimage-queue: {err} (left out: its /object_info could not be checked)", flush=True)
         if not object_infos:
             raise ServerDown("no server answered: " + ", ".join(urls))
+        self.checked = set(object_infos)
         self.graphs = {}
         os.makedirs(os.path.join(out_dir, "files"), exist_ok=True)
         self.job_file = JobFile(os.path.join(out_dir, "jobs.json"))
@@ -159,7 +160,7 @@ class Runner:
             return
         self.revive_at = time.monotonic() + 5.0
         for server in self.servers:
-            if not self.alive[server]:
+            if not self.alive[server] and server.url in self.checked:  # never one whose /object_info was not checked
                 try:
                     server.queue_length()
                     server.listen()
