@@ -57,18 +57,6 @@ def _fake_adapters(model, rank: int):
     return params, Switch(model, params, True)
 
 
-def _hidden(model, disc, x, sigma, features):
-    captured = {}
-    hooks = [model.layers[i].register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i, out)) for i in disc.layers]
-    from zimage_pack.train.distill import model_inputs
-
-    x_list, caps = model_inputs(model, x, features)
-    model(x_list, 1.0 - sigma, caps, return_dict=False)
-    for hook in hooks:
-        hook.remove()
-    return [captured[i] for i in disc.layers]
-
-
 class _WholeStep(torch.nn.Module):
     """The step's forward as one module: MemTracker refuses a root module called twice (the student's
     two steps and the discriminator's pass all call the transformer); as a submodule it may be."""
@@ -83,8 +71,7 @@ class _WholeStep(torch.nn.Module):
 
         x0, x_mid, _ = student_run(self.model, noise, features, (1.0, 0.75), "euler", None, self.activate)
         loss = (x0 - target).pow(2).mean() + 0.5 * (x_mid - target).pow(2).mean()
-        self.activate(None)  # the frozen teacher's features (Discriminator.features switches peft's adapters the same way)
-        hidden = _hidden(self.model, self.disc, torch.cat([target, x0]), torch.full((2 * batch,), 0.5), features + features)
+        hidden = self.disc.features(self.model, torch.cat([target, x0]), torch.full((2 * batch,), 0.5), features + features, self.activate)
         return loss - 0.05 * self.disc.logits([h[batch:] for h in hidden]).mean()
 
 

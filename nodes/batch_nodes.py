@@ -132,6 +132,7 @@ class ZImagePromptListGenerate:
         latent = empty_latent(width, height, 1)
         base = generation_parameters(graph or {}, str(node_id), services.find_model) if graph and node_id is not None else {}
         files, shown = [], []
+        progress = services.Progress(len(items) * steps, services.compute_device())  # one bar over the whole list
 
         def encode(text):
             services.to_compute_device(text_encoder.model)
@@ -140,7 +141,6 @@ class ZImagePromptListGenerate:
         def one(index, item, positive, negative_cond):
             guidance = Guidance(cfg, 1.0, 0.0, features_from_conditioning(negative_cond, model.cap_feat_dim, 1, "negative")) if cfg != 1.0 else None
             device = services.prepare_model_for_sampling(model, 1, latent.shape[2], latent.shape[3], cfg=guidance is not None)
-            progress = services.Progress(len(items) * steps, device)
             out = sample(model, features_from_conditioning(positive, model.cap_feat_dim, 1, "prompt"), latent, item.seed, steps, shift, 1.0, guidance,
                          on_step=lambda step, total, x0: progress(index * steps + step, len(items) * steps, x0), check_interrupt=services.check_interrupt)
             check_vae_fits(vae, height, width, 1, 0, True, device)

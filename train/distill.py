@@ -174,10 +174,6 @@ class AdapterSwitch:
         return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
 
 
-def adapter_switch(module, params: list[torch.nn.Parameter], decoupled: bool) -> AdapterSwitch:
-    return AdapterSwitch(module, params, decoupled)
-
-
 def adapter_state(module, name: str) -> dict[str, torch.Tensor]:
     """One adapter's weights in diffusers / PEFT naming (``transformer.layers.N….lora_A.weight``),
     which the pack's LoRA loader and diffusers' ``load_lora_weights`` read."""
@@ -267,7 +263,7 @@ class Trainer:
         module.requires_grad_(False)
         self.cache = build_cache(config, module, encode, log)
         self.params = add_adapters(module, config.rank, config.decoupled)
-        self.activate = adapter_switch(module, self.params, config.decoupled)
+        self.activate = AdapterSwitch(module, self.params, config.decoupled)
         if config.gradient_checkpointing:
             module.enable_gradient_checkpointing(gradient_checkpointing_func=self.activate.checkpoint)
         depth = module.config.n_layers
