@@ -109,15 +109,32 @@ def test_the_teacher_cache_is_the_packs_own_8_step_run(teacher_files, tmp_path):
     assert torch.allclose(trainer.cache["x0"][1], ours[0], atol=1e-5)
 
 
-def test_the_written_loras_and_bundle_reproduce_the_trainers_output(teacher_files, tmp_path):
+@pytest.fixture(scope="module")
+def quantised_teachers(tmp_path_factory):
+    """The same teacher as users download it quantised: a Comfy-Org fp8 repack and a GGUF."""
+    from zimage_pack.loaders import demo_quantized as dq
+
+    root, model = tmp_path_factory.mktemp("quantised"), dm.make_transformer(3)
+    return {"comfy_fp8": dq.write_quantized_transformer(model, str(root / "fp8.safetensors"), "float8_e4m3fn"),
+            "gguf_q8_0": dq.write_gguf_transformer(model, str(root / "q8_0.gguf"), "Q8_0")}
+
+
+@pytest.mark.parametrize("teacher_format", ["bf16_file", "comfy_fp8", "gguf_q8_0"])
+def test_the_written_loras_and_bundle_reproduce_the_trainers_output(teacher_files, quantised_teachers, tmp_path, teacher_format):
+    """Also on quantised teacher files: their layers report a meta ``weight``, where peft would put the
+    adapters (the backward then fails); both adapters must be real, trained and reproduced by the pack."""
     from zimage_pack.loaders.lora_merge import prepare_lora
     from zimage_pack.loaders.step_decoupled import from_models, load_bundle
     from zimage_pack.samplers.two_step import sample_two_step
 
-    trainer = _trainer(teacher_files, tmp_path, steps=6)
+    teacher_path = teacher_files[0] if teacher_format == "bf16_file" else quantised_teachers[teacher_format]
+    trainer = _trainer((teacher_path,) + tuple(teacher_files[1:]), tmp_path, steps=6)
+    assert all(p.device.type == "cpu" for p in trainer.params)
+    before = [p.detach().clone() for p in trainer.params]
     trainer.train(progress=False)
+    assert all(not p.is_meta for p in trainer.params) and sum(not torch.equal(a, b) for a, b in zip(before, trainer.params)) > len(before) // 4
     loras = write_loras(trainer.lora_states(), str(tmp_path), trainer.config)
-    counts = write_bundle(teacher_files[0], loras, str(tmp_path / "bundle.safetensors"), trainer.config.settings(), "fp32")
+    counts = write_bundle(teacher_path, loras, str(tmp_path / "bundle.safetensors"), trainer.config.settings(), "fp32")
     assert counts["per_step"] > 0
     seed, shape = 77, (1, 16, 4, 4)
     features = trainer.cache["features"][1]
@@ -126,12 +143,18 @@ def test_the_written_loras_and_bundle_reproduce_the_trainers_output(teacher_file
     bundle = load_bundle(str(tmp_path / "bundle.safetensors"))
     assert bundle.settings == trainer.config.settings()
     from_bundle, _ = sample_two_step(bundle, [features], torch.zeros(shape), seed, bundle.settings)
-    teacher = load_transformer(teacher_files[0], compute_dtype="fp32")
-    views = [teacher.with_lora(prepare_lora(teacher.module, loras[s], 1.0)[0]) for s in ("step1", "step2")]
-    from_loras, _ = sample_two_step(from_models(*views), [features], torch.zeros(shape), seed, trainer.config.settings())
-    scale = ours.abs().max().item()
-    assert (to_model_space(from_bundle) - ours).abs().max().item() < 1e-4 * max(1.0, scale)
-    assert (to_model_space(from_loras) - ours).abs().max().item() < 1e-4 * max(1.0, scale)
+
+    def with_loras(teacher):
+        views = [teacher.with_lora(prepare_lora(teacher.module, loras[s], 1.0)[0]) for s in ("step1", "step2")]
+        return sample_two_step(from_models(*views), [features], torch.zeros(shape), seed, trainer.config.settings())[0]
+
+    teacher = load_transformer(teacher_path, compute_dtype="fp32")  # as the trainer had it (a quantised file stays quantised)
+    from_loras = with_loras(teacher)
+    scale = max(1.0, ours.abs().max().item())
+    assert (to_model_space(from_loras) - ours).abs().max().item() < 1e-4 * scale
+    # the bundle holds the teacher expanded, each step's LoRA merged: the LoRAs on the expanded teacher
+    expanded = with_loras(load_transformer(teacher_path, weight_dtype="fp32", compute_dtype="fp32"))
+    assert (to_model_space(from_bundle) - to_model_space(expanded)).abs().max().item() < 1e-4 * scale
     # and the student differs from the teacher run in 2 steps: the LoRAs do something
     plain, _ = sample_two_step(from_models(teacher, teacher), [features], torch.zeros(shape), seed, trainer.config.settings())
     assert (to_model_space(plain) - ours).abs().max().item() > 1e-3
@@ -166,3 +189,27 @@ def test_gradient_checkpointing_gives_the_same_gradients(teacher_files, tmp_path
     assert len(grads[0]) == len(grads[1]) > 0
     for plain, checkpointed in zip(*grads):
         assert torch.allclose(plain, checkpointed, rtol=1e-4, atol=1e-7)
+
+
+def test_the_command_trains_a_quantised_teacher_writes_its_outputs_and_resumes(teacher_files, quantised_teachers, tmp_path, capsys):
+    """zimage-distill end to end on a Comfy-Org fp8 file (what most users have): the LoRAs and a bundle
+    (the teacher expanded to bf16) are written; run again with more steps, it resumes."""
+    from zimage_pack.loaders.step_decoupled import load_bundle
+    from zimage_pack.train.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "run"
+    args = ["--teacher", quantised_teachers["comfy_fp8"], "--text-encoder", teacher_files[1], "--tokenizer", teacher_files[2],
+            "--prompts", str(prompts), "--out", str(out), "--width", "32", "--height", "32", "--samples-per-prompt", "2",
+            "--batch", "2", "--rank", "4", "--checkpoint-every", "2", "--sigma-mid", "0.4"]
+    assert main(args + ["--steps", "4"]) == 0
+    for name in ("step1_lora.safetensors", "step2_lora.safetensors", "z_image_2step_bundle.safetensors", "teacher_cache.safetensors", "checkpoint.pt"):
+        assert (out / name).exists(), name
+    bundle = load_bundle(str(out / "z_image_2step_bundle.safetensors"))
+    assert bundle.settings.sigma_mid == 0.4 and bundle.settings.shift == 3.0
+    assert {p.dtype for p in bundle.module.parameters()} == {torch.bfloat16}
+    capsys.readouterr()
+    assert main(args + ["--steps", "6"]) == 0
+    assert "resumed at step 4" in capsys.readouterr().err
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 6

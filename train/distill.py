@@ -129,10 +129,29 @@ def add_adapters(module, rank: int, decoupled: bool) -> list[torch.nn.Parameter]
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         for name in names:
             module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, init_lora_weights=True), adapter_name=name)
+    _materialise_meta_adapters(module, names)
     params = [p for n, p in module.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()
     return params
+
+
+def _materialise_meta_adapters(module, names) -> None:
+    """peft puts an adapter on its base layer's weight's device; the pack's quantised layers (Comfy-Org
+    fp8 / int8 / nvfp4 files, GGUF) report a meta ``weight`` (their real one is ``stored_weight``),
+    so their adapters land on meta, and the backward then fails. Re-made here on the model's device
+    with peft's own initialisation."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    device = module.x_pad_token.device
+    for layer in module.modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        for name in names:
+            if name in layer.lora_A and (layer.lora_A[name].weight.is_meta or layer.lora_B[name].weight.is_meta):
+                layer.lora_A[name].to_empty(device=device)
+                layer.lora_B[name].to_empty(device=device)
+                layer.reset_lora_parameters(name, init_lora_weights=True)
 
 
 class AdapterSwitch:
@@ -232,10 +251,12 @@ def build_cache(config: DistillConfig, module, encode, log=print) -> dict:
     shape = (1, module.config.in_channels, config.height // 8, config.width // 8)
     noises, mids, finals, index = [], [], [], []
     for i, feats in enumerate(features):
-        for j in range(config.samples_per_prompt):
-            noise = comfy_noise(shape, config.seed * 1_000_003 + i * 1009 + j)  # ComfyUI's noise: the pack's sampler starts here too
-            x0, mid = teacher_run(module, noise, [feats], config.teacher_steps, config.shift, sigma_mid)
-            noises.append(noise[0]), mids.append(mid[0]), finals.append(x0[0]), index.append(i)
+        for first in range(0, config.samples_per_prompt, config.batch):  # a prompt's samples run together, `batch` at a time
+            count = min(config.batch, config.samples_per_prompt - first)
+            # ComfyUI's noise, one seed per sample: the pack's sampler starts from exactly this
+            noise = torch.cat([comfy_noise(shape, config.seed * 1_000_003 + i * 1009 + j) for j in range(first, first + count)])
+            x0, mid = teacher_run(module, noise, [feats] * count, config.teacher_steps, config.shift, sigma_mid)
+            noises.extend(noise), mids.extend(mid), finals.extend(x0), index.extend([i] * count)
         log(f"teacher cache: prompt {i + 1}/{len(features)}")
     tensors = {"noise": torch.stack(noises), "x_mid": torch.stack(mids), "x0": torch.stack(finals), "prompt": torch.tensor(index)}
     tensors.update({f"features.{i}": f.contiguous() for i, f in enumerate(features)})

@@ -28,7 +28,15 @@ def write_loras(states: dict, out: str, config) -> dict[str, str]:
     return paths
 
 
+def bundle_weight_dtype(weight_dtype: str) -> str:
+    """A bundle holds each step's weights with its LoRA merged in, so it is written in a float dtype:
+    fp32 or fp16 when asked, else bf16 — a quantised teacher (Comfy-Org fp8, GGUF, ``--weight-dtype
+    fp8_e4m3fn``) is expanded; re-quantising the merged weights would round the LoRA away."""
+    return weight_dtype if weight_dtype in ("bf16", "fp16", "fp32") else "bf16"
+
+
 def write_bundle(teacher_path: str, loras: dict[str, str], path: str, settings, weight_dtype: str = "default") -> dict:
+    weight_dtype = bundle_weight_dtype(weight_dtype)
     teacher = load_transformer(teacher_path, weight_dtype=weight_dtype, compute_dtype="fp32" if weight_dtype == "fp32" else "auto")
     views = []
     for step in ("step1", "step2"):
