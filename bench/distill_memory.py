@@ -4,7 +4,7 @@ adapters added as the trainer adds them (float32), and one whole step runs insid
 student's two steps with gradients kept through both, the discriminator's pass over the frozen
 teacher's features (batch 2: real + fake), the backward and the optimiser step (AdamW on the adapters).
 
-Configurations: frozen base bf16 or fp8 (float8_e4m3fn storage, bf16 compute: layerwise casting),
+Configurations: frozen base bf16 or fp8 (a Comfy-Org fp8 file: float8_e4m3fn blocks, bf16 compute),
 gradient checkpointing off/on, batch 1, 1024², LoRA rank 32, 512 caption tokens.
 
     python bench/distill_memory.py [--size 1024] [--rank 32] [--batch 1]
@@ -88,7 +88,12 @@ def traced_step(base: str, checkpointing: bool, size: int, rank: int, batch: int
         model = ZImageTransformer2DModel().requires_grad_(False)
         torch.set_default_dtype(torch.float32)
         if base == "fp8":
-            model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+            # a Comfy-Org fp8 file as the loader holds it: the blocks' Linear weights float8 + scale, expanded
+            # to bf16 per call (diffusers' layerwise casting, --weight-dtype fp8_e4m3fn, swaps .data,
+            # which fake tensors refuse; it holds the same: fp8 at rest, one layer in bf16 at a time)
+            from quantized_memory import _quantize_fake
+
+            _quantize_fake(model, "fp8 scaled (float8_e4m3fn)", only_blocks=True)
         params, activate = _fake_adapters(model, rank)
         if checkpointing:  # as the trainer does: each block recomputed under the adapter it ran with
             model.enable_gradient_checkpointing(gradient_checkpointing_func=activate.checkpoint)

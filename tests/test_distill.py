@@ -12,7 +12,7 @@ from zimage_pack.loaders.text_encoder import encode_prompts, load_text_encoder
 from zimage_pack.loaders.transformer import load_transformer
 from zimage_pack.samplers.latents import comfy_noise, to_model_space
 from zimage_pack.samplers.turbo import sample
-from zimage_pack.train.distill import DistillConfig, Trainer, student_run
+from zimage_pack.train.distill import DistillConfig, Trainer, model_inputs, student_run
 from zimage_pack.train.outputs import write_bundle, write_loras
 
 PROMPTS = ["a red circle on a blue background", "a green square on a white background"]
@@ -172,6 +172,16 @@ def test_the_discriminator_learns_to_tell_samples_apart(teacher_files, tmp_path)
     noised = 0.3 * fresh + 0.7 * torch.cat([x0, x0 + 1.0])
     with torch.no_grad():
         hidden = trainer.disc.features(trainer.module, noised, sigma, features + features)
+        # the pass stops after the last head's block: the same hidden states as a whole pass gives
+        whole = {}
+        hooks = [trainer.module.layers[i].register_forward_hook(lambda m, a, out, i=i: whole.__setitem__(i, out)) for i in trainer.disc.layers]
+        trainer.module.disable_adapters()
+        x_list, caps = model_inputs(trainer.module, noised, features + features)
+        trainer.module(x_list, 1.0 - sigma, caps, return_dict=False)
+        trainer.module.enable_adapters()
+        for hook in hooks:
+            hook.remove()
+    assert all(torch.equal(h, whole[i]) for h, i in zip(hidden, trainer.disc.layers))
     accuracy = [trainer.discriminator_step(hidden, x0.shape[0])["disc_acc"] for _ in range(40)]
     assert accuracy[-1] == 1.0 and min(accuracy[:1]) < 1.0
 

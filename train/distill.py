@@ -48,6 +48,7 @@ class DistillConfig:
     steps: int = 2000
     batch: int = 4
     rank: int = 16
+    lora_targets: str = LORA_TARGETS  # a regex over the diffusers module's Linear names
     lr: float = 1e-4
     lr_disc: float = 1e-4
     w_final: float = 1.0
@@ -117,7 +118,7 @@ def student_run(module, noise: torch.Tensor, features: list[torch.Tensor], sigma
 
 # --- adapters --------------------------------------------------------------------------------
 
-def add_adapters(module, rank: int, decoupled: bool) -> list[torch.nn.Parameter]:
+def add_adapters(module, rank: int, decoupled: bool, targets: str = LORA_TARGETS) -> list[torch.nn.Parameter]:
     """peft LoRA adapters (B = 0: the student starts as the teacher), float32 whatever the base's dtype."""
     try:
         from peft import LoraConfig
@@ -128,7 +129,7 @@ def add_adapters(module, rank: int, decoupled: bool) -> list[torch.nn.Parameter]
     with warnings.catch_warnings():  # peft warns that a second adapter is added: that is the point here
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         for name in names:
-            module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, init_lora_weights=True), adapter_name=name)
+            module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=True), adapter_name=name)
     _materialise_meta_adapters(module, names)
     params = [p for n, p in module.named_parameters() if "lora_" in n]
     for p in params:
@@ -204,6 +205,10 @@ def adapter_state(module, name: str) -> dict[str, torch.Tensor]:
 
 # --- the discriminator -------------------------------------------------------------------------
 
+class _FeaturesTaken(Exception):
+    """Raised by the last head's block hook: the rest of the teacher's pass is not needed."""
+
+
 class Discriminator(torch.nn.Module):
     """Heads on the frozen teacher's hidden states at ``layers``: per token, then averaged."""
 
@@ -214,14 +219,24 @@ class Discriminator(torch.nn.Module):
                                          for _ in self.layers)
 
     def features(self, module, x: torch.Tensor, sigma: torch.Tensor, features: list[torch.Tensor], switch=None) -> list[torch.Tensor]:
-        """The teacher's (adapters off) hidden states of re-noised ``x``; differentiable in ``x``."""
+        """The teacher's (adapters off) hidden states of re-noised ``x``; differentiable in ``x``. The pass
+        stops after the last block a head reads (a third of the blocks and the final layer not run)."""
         captured = {}
-        hooks = [module.layers[i].register_forward_hook(lambda m, args, out, i=i: captured.__setitem__(i, out)) for i in self.layers]
+        last = max(self.layers)
+
+        def keep(block, args, out, i):
+            captured[i] = out
+            if i == last:
+                raise _FeaturesTaken
+
+        hooks = [module.layers[i].register_forward_hook(lambda m, args, out, i=i: keep(m, args, out, i)) for i in self.layers]
         before = switch.current if switch is not None else None
         switch(None) if switch is not None else module.disable_adapters()
         try:
             x_list, caps = model_inputs(module, x, features)
             module(x_list, (1.0 - sigma).float(), caps, return_dict=False)
+        except _FeaturesTaken:
+            pass
         finally:
             switch(before) if switch is not None else module.enable_adapters()
             for hook in hooks:
@@ -283,7 +298,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         module.requires_grad_(False)
         self.cache = build_cache(config, module, encode, log)
-        self.params = add_adapters(module, config.rank, config.decoupled)
+        self.params = add_adapters(module, config.rank, config.decoupled, config.lora_targets)
         self.activate = AdapterSwitch(module, self.params, config.decoupled)
         if config.gradient_checkpointing:
             module.enable_gradient_checkpointing(gradient_checkpointing_func=self.activate.checkpoint)
