@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-disc", type=float, default=1e-4)
     p.add_argument("--w-final", type=float, default=1.0)
-    p.add_argument("--w-step1", type=float, default=0.5)
+    p.add_argument("--w-step1", type=float, default=0.1)
     p.add_argument("--w-adv", type=float, default=0.05)
     p.add_argument("--adv-start", type=int, default=0)
     p.add_argument("--shared-lora", action="store_true", help="one LoRA for both steps (not step-decoupled; an ablation)")
