@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
-CARDS = [("RTX 4090 / 3090 (24 GB)", 24), ("A6000 / L40S (48 GB)", 48), ("A100 / H100 80 GB", 80), ("H200 (141 GB)", 141)]
+CARDS = [("RTX 4080 / 4060 Ti (16 GB)", 16), ("RTX 4090 / 3090 (24 GB)", 24), ("A6000 / L40S (48 GB)", 48), ("A100 / H100 80 GB", 80), ("H200 (141 GB)", 141)]
 
 
 def _fake_adapters(model, rank: int):
