@@ -268,7 +268,8 @@ def build_cache(config: DistillConfig, module, encode, log=print) -> dict:
             if handle.metadata().get("key") == key:
                 return _cache_dict(load_file(path), len(config.prompts))
     sigma_mid = float(two_step_sigmas(config.settings())[1])
-    features = [encode(p) for p in config.prompts]
+    device = module.x_pad_token.device  # the teacher runs there; the cache is kept on the CPU
+    features = [encode(p).to(device) for p in config.prompts]
     shape = (1, module.config.in_channels, config.height // 8, config.width // 8)
     noises, mids, finals, index = [], [], [], []
     for i, feats in enumerate(features):
@@ -276,11 +277,11 @@ def build_cache(config: DistillConfig, module, encode, log=print) -> dict:
             count = min(config.batch, config.samples_per_prompt - first)
             # ComfyUI's noise, one seed per sample: the pack's sampler starts from exactly this
             noise = torch.cat([comfy_noise(shape, config.seed * 1_000_003 + i * 1009 + j) for j in range(first, first + count)])
-            x0, mid = teacher_run(module, noise, [feats] * count, config.teacher_steps, config.shift, sigma_mid)
-            noises.extend(noise), mids.extend(mid), finals.extend(x0), index.extend([i] * count)
+            x0, mid = teacher_run(module, noise.to(device), [feats] * count, config.teacher_steps, config.shift, sigma_mid)
+            noises.extend(noise), mids.extend(mid.float().cpu()), finals.extend(x0.float().cpu()), index.extend([i] * count)
         log(f"teacher cache: prompt {i + 1}/{len(features)}")
     tensors = {"noise": torch.stack(noises), "x_mid": torch.stack(mids), "x0": torch.stack(finals), "prompt": torch.tensor(index)}
-    tensors.update({f"features.{i}": f.contiguous() for i, f in enumerate(features)})
+    tensors.update({f"features.{i}": f.cpu().contiguous() for i, f in enumerate(features)})
     os.makedirs(config.out, exist_ok=True)
     save_file(tensors, path, metadata={"key": key})
     return _cache_dict(tensors, len(config.prompts))
@@ -303,13 +304,15 @@ class Trainer:
         self.config, self.module, self.log_line = config, module, log
         torch.manual_seed(config.seed)
         module.requires_grad_(False)
+        self.device = module.x_pad_token.device
         self.cache = build_cache(config, module, encode, log)
+        self.features = [f.to(self.device) for f in self.cache["features"]]
         self.params = add_adapters(module, config.rank, config.decoupled, config.lora_targets)
         self.activate = AdapterSwitch(module, self.params, config.decoupled)
         if config.gradient_checkpointing:
             module.enable_gradient_checkpointing(gradient_checkpointing_func=self.activate.checkpoint)
         depth = module.config.n_layers
-        self.disc = Discriminator(module.config.dim, config.disc_layers or tuple(sorted({depth // 3, (2 * depth) // 3})))
+        self.disc = Discriminator(module.config.dim, config.disc_layers or tuple(sorted({depth // 3, (2 * depth) // 3}))).to(self.device)
         self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
         self.opt_disc = torch.optim.AdamW(self.disc.parameters(), lr=config.lr_disc, betas=(0.0, 0.99), weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -354,9 +357,10 @@ class Trainer:
 
     def batch(self):
         index = torch.randint(0, self.cache["noise"].shape[0], (self.config.batch,), generator=self.generator)
-        features = [self.cache["features"][int(self.cache["prompt"][i])] for i in index]
-        renoise = torch.randn(self.cache["noise"][index].shape, generator=self.generator)
-        return self.cache["noise"][index], self.cache["x_mid"][index], self.cache["x0"][index], features, renoise
+        features = [self.features[int(self.cache["prompt"][i])] for i in index]
+        renoise = torch.randn(self.cache["noise"][index].shape, generator=self.generator)  # drawn on the CPU: the same on every device
+        on = lambda t: t.to(self.device)  # noqa: E731
+        return on(self.cache["noise"][index]), on(self.cache["x_mid"][index]), on(self.cache["x0"][index]), features, on(renoise)
 
     def losses(self, noise, x_mid_t, x0_t, features, renoise) -> tuple[torch.Tensor, dict, tuple]:
         c = self.config
@@ -370,8 +374,8 @@ class Trainer:
         disc_inputs = None
         if adversarial:
             low, high = c.renoise
-            sigma = low + (high - low) * torch.rand(2 * noise.shape[0], generator=self.generator)
-            fresh = torch.randn((2 * noise.shape[0],) + tuple(noise.shape[1:]), generator=self.generator)
+            sigma = (low + (high - low) * torch.rand(2 * noise.shape[0], generator=self.generator)).to(self.device)
+            fresh = torch.randn((2 * noise.shape[0],) + tuple(noise.shape[1:]), generator=self.generator).to(self.device)
             both = torch.cat([x0_t, x0])
             noised = sigma[:, None, None, None] * fresh + (1 - sigma[:, None, None, None]) * both
             hidden = self.disc.features(self.module, noised, sigma, features + features, self.activate)
