@@ -25,12 +25,14 @@ import time
 
 import torch
 
+from zimage_pack.train.distill import MAIN_BLOCK_TARGETS
+
 CONFIGS = {
     "full": {},
     "no_adv": {"w_adv": 0.0},
     "no_step1": {"w_step1": 0.0},
     "shared": {"decoupled": False},
-    "main_blocks": {"lora_targets": "MAIN_BLOCK_TARGETS"},  # not in the default list: the LoRA on the main blocks only
+    "main_blocks": {"lora_targets": MAIN_BLOCK_TARGETS},  # not in the default list: the LoRA on the main blocks only
 }
 DEFAULT_CONFIGS = "full,no_adv,no_step1,shared"
 
@@ -58,7 +60,7 @@ def main():
     from zimage_pack.loaders.vae import load_vae
     from zimage_pack.train import toy_eval as ev
     from zimage_pack.train import toy_world as world
-    from zimage_pack.train.distill import MAIN_BLOCK_TARGETS, DistillConfig, Trainer
+    from zimage_pack.train.distill import DistillConfig, Trainer
     from zimage_pack.train.outputs import write_loras
     from zimage_pack.train.toy_models import TOY_DIR, default_tokenizer_dir, toy_paths
 
@@ -87,8 +89,7 @@ def main():
         options = dict(out=out, prompts=[s.prompt for s in world.TRAIN_SCENES], width=world.SIZE, height=world.SIZE, samples_per_prompt=args.samples_per_prompt,
                        steps=args.steps, batch=args.batch, rank=args.rank, lr=args.lr, lr_disc=1e-3, w_adv=args.w_adv, w_step1=args.w_step1,
                        checkpoint_every=max(50, args.steps), seed=0)
-        overrides = {k: (MAIN_BLOCK_TARGETS if v == "MAIN_BLOCK_TARGETS" else v) for k, v in CONFIGS[name].items()}
-        config = DistillConfig(**{**options, **overrides})
+        config = DistillConfig(**{**options, **CONFIGS[name]})
         cache_start = time.process_time()
         trainer = Trainer(config, module, encode, log=lambda *a: None)
         if not shared_cache:

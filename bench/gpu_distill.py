@@ -55,7 +55,8 @@ def run(args, base: str, device: torch.device) -> tuple[float, float]:
     captions = {}
 
     def encode(prompt: str) -> torch.Tensor:
-        captions.setdefault(prompt, torch.randn(args.caption_tokens, cap_dim, generator=generator).to(device, torch.bfloat16))
+        if prompt not in captions:
+            captions[prompt] = torch.randn(args.caption_tokens, cap_dim, generator=generator).to(device, torch.bfloat16)
         return captions[prompt]
 
     config = DistillConfig(out=tempfile.mkdtemp(), prompts=["a", "b"], width=args.size, height=args.size, samples_per_prompt=1, steps=args.steps,
