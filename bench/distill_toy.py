@@ -62,10 +62,10 @@ def main():
     from zimage_pack.train import toy_world as world
     from zimage_pack.train.distill import DistillConfig, Trainer
     from zimage_pack.train.outputs import write_loras
-    from zimage_pack.train.toy_models import TOY_DIR, default_tokenizer_dir, toy_paths
+    from zimage_pack.train.toy_models import TOY_DIR, toy_paths
 
     paths = toy_paths()
-    encoder = load_text_encoder(paths["text_encoder"], default_tokenizer_dir(), compute_dtype="fp32")
+    encoder = load_text_encoder(paths["text_encoder"], paths["tokenizer"], compute_dtype="fp32")
     encode = lambda prompt: encode_prompts(encoder, [prompt])[0]  # noqa: E731
     vae = load_vae(paths["vae"], compute_dtype="fp32")
     teacher = load_transformer(paths["transformer"], compute_dtype="fp32")

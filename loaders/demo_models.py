@@ -172,13 +172,15 @@ def write_vae(model: AutoencoderKL, path: str, layout: str = "bfl") -> str:
     return path
 
 
-def write_demo_models(root: str, tokenizer_dir: str, seed: int = 0) -> dict[str, str]:
-    """The three files a text-to-image run needs, in ComfyUI's layout under ``root``."""
+def write_demo_models(root: str, seed: int = 0) -> dict[str, str]:
+    """The three files a text-to-image run needs, in ComfyUI's layout under ``root``, and a tokenizer."""
+    from .demo_tokenizer import write_test_tokenizer
+
     paths = {
         "transformer": os.path.join(root, "diffusion_models", "z_image_demo.safetensors"),
         "text_encoder": os.path.join(root, "text_encoders", "qwen_3_demo.safetensors"),
         "vae": os.path.join(root, "vae", "ae_demo.safetensors"),
-        "tokenizer": tokenizer_dir,
+        "tokenizer": os.path.join(root, "tokenizer"),
     }
     if not os.path.exists(paths["transformer"]):
         write_transformer(make_transformer(seed), paths["transformer"])
@@ -186,6 +188,8 @@ def write_demo_models(root: str, tokenizer_dir: str, seed: int = 0) -> dict[str,
         write_text_encoder(make_text_encoder(seed + 1), paths["text_encoder"])
     if not os.path.exists(paths["vae"]):
         write_vae(make_vae(seed + 2), paths["vae"])
+    if not os.path.isdir(paths["tokenizer"]):
+        write_test_tokenizer(paths["tokenizer"], seed)
     return paths
 
 

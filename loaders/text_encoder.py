@@ -56,15 +56,32 @@ class ZImageTextEncoder:
         return next(self.model.parameters()).device  # not embed_tokens.weight: a quantised table has a meta stand-in
 
 
+def _has_tokenizer_files(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "vocab.json")) and os.path.isfile(os.path.join(folder, "merges.txt"))
+
+
 def load_tokenizer(path: str):
-    """A Qwen2 BPE tokenizer from a folder holding vocab.json and merges.txt."""
+    """A Qwen2 BPE tokenizer from a folder holding vocab.json and merges.txt (or its tokenizer/ subfolder)."""
     for candidate in (path, os.path.join(path, "tokenizer")):
-        if os.path.isfile(os.path.join(candidate, "vocab.json")) and os.path.isfile(os.path.join(candidate, "merges.txt")):
+        if _has_tokenizer_files(candidate):
             return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
+    found = "a folder" if os.path.isdir(path) else "no folder"
     raise ZImageInputError(
-        "tokenizer folder", f"'{path}' without vocab.json and merges.txt", "a Qwen2/Qwen3 tokenizer folder",
-        "inside ComfyUI the bundled comfy/text_encoders/qwen25_tokenizer is used; outside it, pass the diffusers folder's tokenizer/",
+        "tokenizer folder", f"{found} '{path}' without vocab.json and merges.txt", "a Qwen2/Qwen3 tokenizer folder",
+        "inside ComfyUI the bundled comfy/text_encoders/qwen25_tokenizer is used; outside it, point at a folder with "
+        "vocab.json and merges.txt (a diffusers folder's tokenizer/)",
     )
+
+
+def find_tokenizer(candidates: list[tuple[str, str | None]], how_to_fix: str) -> str:
+    """The first of the (label, folder) places that holds the tokenizer files; else an error listing
+    every place looked at."""
+    for _, folder in candidates:
+        if folder and (_has_tokenizer_files(folder) or _has_tokenizer_files(os.path.join(folder, "tokenizer"))):
+            return folder
+    looked = "; ".join(f"{label}: {repr(folder) + (' has no vocab.json and merges.txt' if os.path.isdir(folder) else ' does not exist') if folder else 'not given'}"
+                       for label, folder in candidates)
+    raise ZImageInputError("tokenizer", f"no Qwen tokenizer files (looked at: {looked})", "a folder with vocab.json and merges.txt", how_to_fix)
 
 
 def load_text_encoder(path: str, tokenizer_path: str, weight_dtype: str | torch.dtype = "default", compute_dtype: str | torch.dtype = "auto",

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import os
-import tempfile
 import time
 import uuid
 
@@ -129,7 +128,8 @@ class FakeComfy:
 async def serve(args) -> None:
     with open(args.object_info, encoding="utf-8") as handle:
         info = json.load(handle)
-    fake = FakeComfy(info, args.log, args.seconds, args.fail_seed, tempfile.mkdtemp(prefix="fake-comfy-"))
+    os.makedirs(args.output_dir, exist_ok=True)
+    fake = FakeComfy(info, args.log, args.seconds, args.fail_seed, args.output_dir)
     app = web.Application()
     app.add_routes([web.get("/ws", fake.ws), web.post("/prompt", fake.post_prompt), web.get("/queue", fake.get_queue),
                     web.get("/history/{prompt_id}", fake.get_history), web.get("/view", fake.view), web.get("/object_info", fake.get_object_info)])
@@ -146,6 +146,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--object-info", required=True)
     parser.add_argument("--log", required=True)
+    parser.add_argument("--output-dir", required=True, help="where the pictures go (the test's own folder: a killed server leaves nothing behind)")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=0.3)
     parser.add_argument("--fail-seed", type=int, default=None)

@@ -42,7 +42,7 @@ class Servers:
 
     def start(self, name: str, seconds: float = 0.2, fail_seed: int | None = None) -> str:
         command = [sys.executable, os.path.join(HERE, "fake_comfy_server.py"), "--object-info", self.object_info,
-                   "--log", str(self.tmp_path / f"{name}.log"), "--seconds", str(seconds)]
+                   "--log", str(self.tmp_path / f"{name}.log"), "--seconds", str(seconds), "--output-dir", str(self.tmp_path / f"{name}_output")]
         if fail_seed is not None:
             command += ["--fail-seed", str(fail_seed)]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

@@ -26,27 +26,27 @@ def test_prompts_name_the_scene_and_the_splits_cover_every_word():
         assert {getattr(s, attribute) for s in world.TRAIN_SCENES} == {getattr(s, attribute) for s in world.ALL_SCENES}
 
 
-def test_the_reproduction_script_writes_models_the_pack_loads(tmp_path, tokenizer_dir):
+def test_the_reproduction_script_writes_models_the_pack_loads(tmp_path):
     from zimage_pack.loaders.text_encoder import load_text_encoder
     from zimage_pack.loaders.transformer import load_transformer
     from zimage_pack.loaders.vae import load_vae
     from zimage_pack.train.toy_models import write_toy_models
 
-    paths = write_toy_models(str(tmp_path), seed=3, vae_steps=2, transformer_steps=2, tokenizer_dir=tokenizer_dir, log=lambda *a: None)
+    paths = write_toy_models(str(tmp_path), seed=3, vae_steps=2, transformer_steps=2, log=lambda *a: None)
     assert load_transformer(paths["transformer"]).module.config.dim == 128
-    assert load_text_encoder(paths["text_encoder"], tokenizer_dir).hidden_size == 8
+    assert load_text_encoder(paths["text_encoder"], paths["tokenizer"]).hidden_size == 8
     assert load_vae(paths["vae"]).model.config.latent_channels == 16
 
 
 @pytest.fixture(scope="module")
-def toy_models(tokenizer_dir):
+def toy_models():
     from zimage_pack.loaders.text_encoder import encode_prompts, load_text_encoder
     from zimage_pack.loaders.transformer import load_transformer
     from zimage_pack.loaders.vae import load_vae
     from zimage_pack.train.toy_models import toy_paths
 
     paths = toy_paths()
-    encoder = load_text_encoder(paths["text_encoder"], tokenizer_dir, compute_dtype="fp32")
+    encoder = load_text_encoder(paths["text_encoder"], paths["tokenizer"], compute_dtype="fp32")
     return (load_transformer(paths["transformer"], compute_dtype="fp32"), lambda p: encode_prompts(encoder, [p])[0],
             load_vae(paths["vae"], compute_dtype="fp32"))
 

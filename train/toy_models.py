@@ -5,8 +5,9 @@ trained with Z-Image's flow-matching objective to draw the toy world's pictures 
 
     python -m zimage_pack.train.toy_models [--out train/toy_model] [--seed 0]
 
-writes ``z_image_toy.safetensors`` (ComfyUI single-file layout), ``qwen_3_toy.safetensors`` and
-``ae_toy.safetensors`` (BFL layout) — the pack's loaders read them like the real files."""
+writes ``z_image_toy.safetensors`` (ComfyUI single-file layout), ``qwen_3_toy.safetensors``,
+``ae_toy.safetensors`` (BFL layout) and ``tokenizer/`` (a Qwen2 BPE of the toy world's words at Qwen's
+ids) — the pack's loaders read them like the real files."""
 
 from __future__ import annotations
 
@@ -20,13 +21,20 @@ import torch
 from diffusers import ZImageTransformer2DModel
 
 from ..loaders import demo_models as dm
+from ..loaders.demo_tokenizer import write_tokenizer
 from ..loaders.vae import SCALING_FACTOR, SHIFT_FACTOR
 from ..samplers.schedules import shift_sigmas
 from . import toy_world as world
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOY_DIR = os.path.join(HERE, "toy_model")
-FILES = {"transformer": "z_image_toy.safetensors", "text_encoder": "qwen_3_toy.safetensors", "vae": "ae_toy.safetensors"}
+FILES = {"transformer": "z_image_toy.safetensors", "text_encoder": "qwen_3_toy.safetensors", "vae": "ae_toy.safetensors", "tokenizer": "tokenizer"}
+# The ids Qwen2's real tokenizer gives the toy world's words (mid-prompt, so with their leading space;
+# the leading "a" is the byte 64 in both). The toy tokenizer gives them the same ids, so the toy text
+# encoder, trained on the real tokenizer's ids, reads the same features from its own tokenizer; the
+# tests check the two tokenizers agree on all 60 prompts where the real files are at hand.
+QWEN_IDS = {" a": 264, " on": 389, " background": 4004, " red": 2518, " green": 6176, " blue": 6303, " yellow": 13753,
+            " white": 4158, " circle": 12671, " square": 9334, " triangle": 21495}
 TEXT_ENCODER = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=1, num_key_value_heads=1, head_dim=8)
 TRANSFORMER = dict(dim=128, n_layers=4, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=8, axes_dims=[8, 12, 12])
 SHIFT = 3.0
@@ -112,18 +120,22 @@ def train_transformer(vae, features: dict, seed: int, steps: int = 4000, batch: 
     return model.eval().requires_grad_(False)
 
 
-def write_toy_models(folder: str, seed: int = 0, vae_steps: int = 2000, transformer_steps: int = 4000, tokenizer_dir: str | None = None,
+def write_toy_tokenizer(folder: str) -> str:
+    return write_tokenizer(folder, QWEN_IDS)
+
+
+def write_toy_models(folder: str, seed: int = 0, vae_steps: int = 2000, transformer_steps: int = 4000,
                      only_transformer: bool = False, log=print) -> dict:
-    """All three files from ``seed`` (``only_transformer``: keep the text encoder and VAE already in ``folder``)."""
+    """All the files from ``seed`` (``only_transformer``: keep the text encoder and VAE already in ``folder``)."""
     from ..loaders.text_encoder import load_text_encoder
 
     paths = toy_paths(folder)
     os.makedirs(folder, exist_ok=True)
+    write_toy_tokenizer(paths["tokenizer"])
     if not only_transformer:
         encoder = dm.make_text_encoder(seed + 1, **TEXT_ENCODER).to(torch.bfloat16)
         dm.write_text_encoder(encoder, paths["text_encoder"])
-    tokenizer_dir = tokenizer_dir or default_tokenizer_dir()
-    features = prompt_features(load_text_encoder(paths["text_encoder"], tokenizer_dir, compute_dtype="fp32"), world.ALL_SCENES)
+    features = prompt_features(load_text_encoder(paths["text_encoder"], paths["tokenizer"], compute_dtype="fp32"), world.ALL_SCENES)
     if not only_transformer:
         dm.write_vae(train_vae(seed, vae_steps, log=log).to(torch.bfloat16), paths["vae"])
     from ..loaders.vae import load_vae
@@ -132,10 +144,6 @@ def write_toy_models(folder: str, seed: int = 0, vae_steps: int = 2000, transfor
     model = train_transformer(vae, features, seed, transformer_steps, log=log)
     dm.write_transformer(model.to(torch.bfloat16), paths["transformer"])
     return paths
-
-
-def default_tokenizer_dir() -> str:
-    return os.environ.get("ZIMAGE_TOKENIZER_DIR") or os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "fixtures", "qwen_tokenizer")
 
 
 def main(argv=None) -> None:

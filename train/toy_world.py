@@ -36,6 +36,15 @@ HELD_OUT = [s for i, s in enumerate(ALL_SCENES) if i % 5 == 2]
 TRAIN_SCENES = [s for s in ALL_SCENES if s not in HELD_OUT]
 
 
+FORM = "a <colour> <shape> on a <colour> background"
+VOCABULARY = ("a", "on", "background", *COLOURS, *SHAPES)
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of ``prompt`` the toy model never saw (it was trained on lower-case prompts of FORM only)."""
+    return [w for w in prompt.replace(",", " ").split() if w not in VOCABULARY]
+
+
 def parse_prompt(prompt: str) -> Scene | None:
     words = prompt.lower().replace(",", " ").split()
     shape = next((w for w in words if w in SHAPES), None)
