@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import time
 import uuid
 
@@ -33,6 +34,9 @@ def build_jobs(workflow: dict, rows: list[dict], object_infos: dict[str, dict]) 
     for index, row in enumerate(rows, start=1):
         where = f"row {index} (line {row.get('_line', index)})"
         name = str(row.get("job") or f"row-{index:04d}")
+        problem = job_name_problem(name)
+        if problem:
+            report.append(f"{where}: job name {name[:80]!r} {problem}")
         if name in names:
             report.append(f"{where}: job name '{name}' is used twice")
         names.add(name)
@@ -48,6 +52,36 @@ def build_jobs(workflow: dict, rows: list[dict], object_infos: dict[str, dict]) 
     if report:
         raise RowsRejected(report)
     return jobs
+
+
+MAX_JOB_NAME = 120
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
+
+
+def job_name_problem(name: str) -> str | None:
+    """Why a job name cannot be a file name in OUT/files (None when it can): it becomes one."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "has control characters"
+    if "/" in name or "\\" in name:
+        return "has a path separator (a job name is a file name in OUT/files, not a path)"
+    if name.startswith("."):
+        return "starts with '.' (a hidden file, or '..')"
+    if len(name) > MAX_JOB_NAME:
+        return f"is {len(name)} characters long (at most {MAX_JOB_NAME})"
+    return None
+
+
+def local_file(out_dir: str, job_name: str, index: int, server_file_name) -> str:
+    """OUT/files/<job>_<index><ext>: the extension taken from the server's answer only when it is a
+    plain one, and the result checked to stay inside OUT/files."""
+    extension = os.path.splitext(str(server_file_name))[1]
+    if not _EXTENSION.fullmatch(extension):
+        raise ValueError(f"the server named an output file {str(server_file_name)[:80]!r}: not a plain file extension")
+    folder = os.path.realpath(os.path.join(out_dir, "files"))
+    path = os.path.realpath(os.path.join(folder, f"{job_name}_{index:02d}{extension}"))
+    if os.path.dirname(path) != folder or job_name_problem(job_name):
+        raise ValueError(f"job {job_name[:80]!r}: its file would leave {folder}")
+    return path
 
 
 def _seed(graph: dict):
@@ -248,11 +282,16 @@ class Runner:
             for image in output.get("images", []):
                 if image.get("type", "output") != "output":
                     continue  # previews
+                try:
+                    path = local_file(self.out_dir, job["job"], len(files), image.get("filename"))
+                except ValueError as err:  # nothing the server says may write outside OUT/files
+                    job.update(state=FAILED, error=f"{server.url}: {err}")
+                    self.job_file.save()
+                    return
                 data = server.view(image)
-                name = f"{job['job']}_{len(files):02d}{os.path.splitext(image['filename'])[1]}"
-                with open(os.path.join(self.out_dir, "files", name), "wb") as handle:
+                with open(path, "wb") as handle:
                     handle.write(data)
-                files.append(os.path.join("files", name))
+                files.append(os.path.join("files", os.path.basename(path)))
         seconds = round(time.time() - job.get("submitted", time.time()), 3)
         job.update(state=DONE, files=files, seconds=seconds, done_on=server.url, done_at=time.time())
         self.job_file.save()

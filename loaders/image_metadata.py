@@ -12,8 +12,11 @@ import os
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
+
+from .errors import ZImageInputError
+from .json_text import parse_json
 
 _SAMPLERS = {"ZImageTurboSampler": "Z-Image Turbo (flow Euler)", "ZImageTwoStepSampler": "Z-Image 2-step",
              "ZImageTwinFlowSampler": "TwinFlow", "KSampler": "KSampler", "ZImagePromptListGenerate": "Z-Image Turbo (flow Euler)"}
@@ -191,16 +194,24 @@ def save_image(pixels: np.ndarray, path: str, prompt: dict | None, extra: dict |
     image.save(path, pnginfo=info, compress_level=4)
 
 
-def read_metadata(path: str) -> dict:
-    """{"parameters": text, "prompt": dict, "workflow": dict} of a PNG or WebP written above (or by ComfyUI)."""
-    with Image.open(path) as image:
+def read_metadata(path: str, shown_name: str | None = None) -> dict:
+    """{"parameters": text, "prompt": dict, "workflow": dict} of a PNG or WebP written above (or by
+    ComfyUI). A file that is no picture, or a chunk that is no JSON, is the pack's error naming the
+    file as ``shown_name`` (the name the user picked, not the server's path)."""
+    name = shown_name or os.path.basename(path)
+    try:
+        image = Image.open(path)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
+        raise ZImageInputError("image", f"'{name}', which cannot be read as a picture ({type(exc).__name__})", "a PNG or WebP",
+                               "pick a picture saved by ComfyUI or this pack") from None
+    with image:
         out: dict = {}
         if image.format == "PNG":
             for key, value in image.info.items():
                 if key == "parameters":
                     out[key] = value
                 elif key in ("prompt", "workflow"):
-                    out[key] = json.loads(value)
+                    out[key] = parse_json(value, "image", f"the '{key}' text of '{name}'", "the picture's metadata is damaged: pick another picture")
             return out
         exif = image.getexif()
         for tag in range(EXIF_MAKE - 8, EXIF_MODEL + 1):
@@ -208,8 +219,8 @@ def read_metadata(path: str) -> dict:
             if isinstance(value, str) and ":" in value:
                 key, _, body = value.partition(":")
                 if key in ("prompt", "workflow"):
-                    out[key] = json.loads(body)
+                    out[key] = parse_json(body, "image", f"the '{key}' EXIF text of '{name}'", "the picture's metadata is damaged: pick another picture")
         comment = exif.get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
         if isinstance(comment, bytes) and comment.startswith(b"UNICODE\x00"):
-            out["parameters"] = comment[8:].decode("utf-16-be")
+            out["parameters"] = comment[8:].decode("utf-16-be", errors="replace")
         return out

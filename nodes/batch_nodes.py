@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 
+from ..loaders.confined_paths import check_output_prefix
 from ..loaders.errors import ZImageInputError
 from ..loaders.image_metadata import generation_parameters, parameters_text
 from ..loaders.vae import decode
 from ..samplers.conditioning import features_from_conditioning
 from ..samplers.latents import empty_latent
-from ..samplers.memory_budget import check_vae_fits
-from ..samplers.prompt_list import MAX_SEED, SEED_MODES, PromptItem, assign_seeds, parse_prompt_lines, read_prompt_file, run_items
+from ..loaders.text_encoder import tokenize_prompt
+from ..samplers.memory_budget import check_prompts_fit, check_vae_fits
+from ..samplers.prompt_list import (MAX_PROMPT_FILE_BYTES, MAX_PROMPT_ROWS, MAX_SEED, PROMPT_FILE_TYPES, SEED_MODES, PromptItem, assign_seeds,
+                                    parse_prompt_lines, read_prompt_file, run_items)
 from ..samplers.schedules import check_steps
 from ..samplers.text import encode_to_conditioning
 from ..samplers.turbo import Guidance, sample
@@ -22,7 +25,7 @@ from .types import CATEGORY, ZIMAGE_MODEL, ZIMAGE_TEXT_ENCODER, ZIMAGE_VAE
 
 
 def _prompt_file(name: str) -> str:
-    return services.input_file(name, "file", "a .txt, .csv or .jsonl file in ComfyUI's input folder")
+    return services.input_file(name, "file", "a .txt, .csv or .jsonl file")
 
 
 class ZImagePromptList:
@@ -47,18 +50,9 @@ class ZImagePromptList:
             "seed_mode": (list(SEED_MODES), {"default": "increment", "tooltip": "fixed: every item the same seed. increment: seed + item index. random: a recorded random seed per item. A file's own 'seed' column wins."}),
             "repeat": ("INT", {"default": 1, "min": 1, "max": 1000, "tooltip": "Runs of the whole list (a seed sweep: 1 prompt × 10 repeats with increment = 10 seeds)."}),
         }, "optional": {
-            "file": ("STRING", {"default": "", "tooltip": "A .txt, .csv or .jsonl in ComfyUI's input folder (or an absolute path); empty = the typed prompts."}),
+            "file": ([""] + services.input_files(PROMPT_FILE_TYPES), {"default": "", "tooltip": f"A .txt, .csv or .jsonl file in ComfyUI's input folder (at most {MAX_PROMPT_FILE_BYTES // 2**20} MiB and {MAX_PROMPT_ROWS:,} prompts); empty = the typed prompts. Put the file into the input folder and refresh to see it here."}),
             "negative": ("STRING", {"multiline": True, "default": "", "tooltip": "Negative prompt for every item without its own (Base with cfg > 1)."}),
         }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, file=""):
-        if file:  # at queue time: a missing file fails before anything runs
-            try:
-                _prompt_file(file)
-            except ZImageInputError as err:
-                return str(err)
-        return True
 
     @classmethod
     def IS_CHANGED(cls, prompts, seed, seed_mode, repeat=1, file="", negative=""):
@@ -71,9 +65,11 @@ class ZImagePromptList:
             return ""
 
     def make(self, prompts, seed, seed_mode, repeat=1, file="", negative=""):
-        items = read_prompt_file(_prompt_file(file)) if file else parse_prompt_lines(prompts)
+        items = read_prompt_file(_prompt_file(file), shown_name=file) if file else parse_prompt_lines(prompts)
         if not items:
             raise ZImageInputError("prompts", "no prompt (empty text or file)", "at least one prompt", "type one prompt per line, or give a file")
+        # before the list is multiplied out: ComfyUI keeps every item, and a text encoder runs once per item
+        check_prompts_fit([i.prompt + i.negative for i in items], "prompts, file, repeat", repeat)
         items = assign_seeds(items * repeat, seed, seed_mode)
         return ([i.prompt for i in items], [i.negative or negative for i in items], [i.seed for i in items], len(items))
 
@@ -111,7 +107,7 @@ class ZImagePromptListGenerate:
             "height": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16, "tooltip": "Pixels; a multiple of 16."}),
             "steps": ("INT", {"default": 8, "min": 1, "max": 200, "tooltip": "Transformer calls per picture. Turbo: 8."}),
             "shift": ("FLOAT", {"default": 3.0, "min": 0.01, "max": 100.0, "step": 0.01, "tooltip": "Timestep shift. Z-Image: 3.0."}),
-            "filename_prefix": ("STRING", {"default": "z-image-batch", "tooltip": "File name start in the output folder (subfolders allowed)."}),
+            "filename_prefix": ("STRING", {"default": "z-image-batch", "tooltip": "File name start in the output folder (subfolders allowed: batch/z-image; no '..', no hidden names)."}),
             "format": (["png", "webp"], {"default": "png", "tooltip": "png: lossless. webp: smaller; metadata in EXIF."}),
         }, "optional": {
             "negative": ("STRING", {"forceInput": True, "tooltip": "From Z-Image Prompt List; used when cfg > 1."}),
@@ -127,8 +123,13 @@ class ZImagePromptListGenerate:
         check_steps(steps)
         if len(seed) not in (1, len(prompt)):
             raise ZImageInputError("seed", f"{len(seed)} seeds for {len(prompt)} prompts", "one seed per prompt", "connect both from the same Z-Image Prompt List")
+        check_output_prefix(prefix)
         negatives = list(negative) if negative else [""] * len(prompt)
         items = [PromptItem(p, negatives[i % len(negatives)], seed[i % len(seed)]) for i, p in enumerate(prompt)]
+        # every distinct prompt is encoded before the first picture (run_items): those encodings must fit
+        distinct = list(dict.fromkeys([i.prompt for i in items] + ([i.negative for i in items] if cfg != 1.0 else [])))
+        check_prompts_fit(distinct, "prompt", tokens_of=lambda text: len(tokenize_prompt(text_encoder.tokenizer, text)),
+                          bytes_per_token=text_encoder.hidden_size * 4)
         latent = empty_latent(width, height, 1)
         base = generation_parameters(graph or {}, str(node_id), services.find_model) if graph and node_id is not None else {}
         files, shown = [], []

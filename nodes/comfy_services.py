@@ -12,6 +12,7 @@ import torch
 
 from ..loaders import residency
 from ..loaders.errors import ZImageInputError
+from ..loaders.confined_paths import check_output_prefix, resolve_inside
 from ..loaders.file_names import clean_file_name, free_path
 from ..samplers.memory_budget import check_sampling_fits, check_vae_fits
 
@@ -69,29 +70,21 @@ def list_models(folder: str, with_diffusers_folders: bool = False) -> list[str]:
 
 
 def model_path(folder: str, name: str) -> str:
-    """Full path of a listed model name (an absolute path is taken as it is)."""
-    if os.path.isabs(name):
-        return name
-    sub_folder, rest = (DIFFUSERS_FOLDER, name[len(DIFFUSERS_FOLDER) + 1:]) if name.startswith(DIFFUSERS_FOLDER + "/") else (folder, name)
-    for base in _folder_dirs(sub_folder):
-        candidate = os.path.join(base, rest)
-        if os.path.exists(candidate):
-            if not os.access(candidate, os.R_OK):
-                raise ZImageInputError(f"{folder} model", f"'{name}', which this process may not read (permissions)", "a readable file",
-                                       f"fix the file's permissions (chmod a+r '{candidate}')")
-            return candidate
-        if os.path.islink(candidate):
-            try:
-                os.stat(candidate)
-                problem = "a link that cannot be followed"
-            except OSError as exc:
-                problem = "a symlink loop" if exc.errno == errno.ELOOP else f"a broken link (to '{os.readlink(candidate)}')"
-            raise ZImageInputError(f"{folder} model", f"'{name}' is {problem}", "a model file or a link to one",
-                                   f"fix or remove the link '{candidate}'")
-    raise ZImageInputError(
-        f"{folder} model", f"no file '{name}' in {_folder_dirs(sub_folder) or 'any models folder'}",
-        f"a file in ComfyUI's models/{sub_folder} folder", "put the file there and press 'r' (refresh) in ComfyUI, or pick another",
-    )
+    """Full path of a listed model name, confined to that models folder (loaders/confined_paths.py):
+    no absolute path, no '..', no symlink that leads out of the folder."""
+    sub_folder, rest = (DIFFUSERS_FOLDER, name[len(DIFFUSERS_FOLDER) + 1:]) if isinstance(name, str) and name.startswith(DIFFUSERS_FOLDER + "/") else (folder, name)
+    what, label = f"{folder} model", f"ComfyUI's models/{sub_folder} folder"
+    path = resolve_inside(_folder_dirs(sub_folder), rest, what, label)
+    if not os.path.exists(path):
+        try:
+            os.stat(path)
+            problem = "a link that cannot be followed"
+        except OSError as exc:
+            problem = "a symlink loop" if exc.errno == errno.ELOOP else "a broken link"
+        raise ZImageInputError(what, f"'{name}' is {problem}", "a model file or a link to one", f"fix or remove the link '{name}' in {label}")
+    if not os.access(path, os.R_OK):
+        raise ZImageInputError(what, f"'{name}', which this process may not read (permissions)", "a readable file", f"fix the file's permissions in {label}")
+    return path
 
 
 def new_model_path(folder: str, filename: str, overwrite: bool = False) -> str:
@@ -159,28 +152,50 @@ def find_model(folder: str, name: str) -> str | None:
 
 def output_image_path(prefix: str, width: int, height: int, extension: str) -> tuple[str, str, str]:
     """(full path, subfolder, file name) for a new picture: ComfyUI's own numbering in its output
-    folder; standalone, ZIMAGE_OUTPUT_DIR (default ./out) with the same numbering."""
+    folder; standalone, ZIMAGE_OUTPUT_DIR (default ./out) with the same numbering. The prefix is
+    checked first (no path out of the folder, no hidden file, no control character)."""
+    prefix = check_output_prefix(prefix)
     if IN_COMFYUI:
         folder, name, counter, subfolder, _ = _folder_paths.get_save_image_path(prefix, _folder_paths.get_output_directory(), width, height)
         file_name = f"{name}_{counter:05}_.{extension}"
         return os.path.join(folder, file_name), subfolder, file_name
     root = os.environ.get("ZIMAGE_OUTPUT_DIR", os.path.join(os.getcwd(), "out"))
-    folder = os.path.join(root, os.path.dirname(prefix))
+    subfolder, stem = os.path.split(prefix)
+    folder = resolve_inside([root], subfolder, "filename_prefix", "the output folder", must_exist=False) if subfolder else root
     os.makedirs(folder, exist_ok=True)
-    stem = os.path.basename(prefix) or "z-image"
     counter = 1
     while os.path.exists(os.path.join(folder, f"{stem}_{counter:05}_.{extension}")):
         counter += 1
     file_name = f"{stem}_{counter:05}_.{extension}"
-    return os.path.join(folder, file_name), os.path.dirname(prefix), file_name
+    return os.path.join(folder, file_name), subfolder, file_name
 
 
-def input_file(name: str, what: str = "image", expected: str = "a PNG or WebP in ComfyUI's input folder") -> str:
-    """A file in ComfyUI's input folder (or an absolute path)."""
-    base = _folder_paths.get_input_directory() if IN_COMFYUI else os.environ.get("ZIMAGE_INPUT_DIR", os.getcwd())
-    path = name if os.path.isabs(name) else os.path.join(base, name)
+def input_folder() -> str:
+    return _folder_paths.get_input_directory() if IN_COMFYUI else os.environ.get("ZIMAGE_INPUT_DIR", os.getcwd())
+
+
+def input_files(extensions: tuple[str, ...]) -> list[str]:
+    """Files in ComfyUI's input folder (and its subfolders) with these extensions, for a node's list;
+    hidden files and folders and links that lead out of the folder are left out."""
+    base = os.path.realpath(input_folder())
+    names = []
+    for dirpath, dirs, files in os.walk(base):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for file in files:
+            path = os.path.join(dirpath, file)
+            if file.startswith(".") or not file.lower().endswith(extensions):
+                continue
+            if os.path.commonpath([base, os.path.realpath(path)]) == base:
+                names.append(os.path.relpath(path, base).replace(os.sep, "/"))
+    return sorted(names)
+
+
+def input_file(name: str, what: str = "image", expected: str = "a PNG or WebP") -> str:
+    """A file in ComfyUI's input folder, confined to it (no absolute path, '..' or link out of it)."""
+    path = resolve_inside([input_folder()], name, what, "ComfyUI's input folder")
     if not os.path.isfile(path):
-        raise ZImageInputError(what, f"no file '{path}'", expected, "put the file into ComfyUI's input folder (or upload it) and check its name")
+        raise ZImageInputError(what, f"'{name}', which is not a readable file", expected + " in ComfyUI's input folder",
+                               "put the file into ComfyUI's input folder (or upload it) and pick it from the list")
     return path
 
 

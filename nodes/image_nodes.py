@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
+from ..loaders.confined_paths import check_output_prefix
 from ..loaders.errors import ZImageInputError
 from ..loaders.image_metadata import generation_parameters, parameters_text, read_metadata, save_image
 from ..loaders.vae import decode, encode
@@ -15,6 +17,7 @@ from . import comfy_services as services
 from .sampling_nodes import latent_samples
 from .types import CATEGORY, ZIMAGE_VAE
 
+PICTURE_TYPES = (".png", ".webp")
 _TILE = ("INT", {"default": 0, "min": 0, "max": 4096, "step": 64, "tooltip": "0 = whole image at once. Otherwise tile size in pixels, to decode large images in less memory."})
 
 
@@ -88,9 +91,17 @@ class ZImageSaveImage:
     def INPUT_TYPES(cls):
         return {"required": {
             "images": ("IMAGE", {"tooltip": "From a VAE Decode."}),
-            "filename_prefix": ("STRING", {"default": "z-image", "tooltip": "File name start, in ComfyUI's output folder (subfolders allowed: people/z-image)."}),
+            "filename_prefix": ("STRING", {"default": "z-image", "tooltip": "File name start, in ComfyUI's output folder (subfolders allowed: people/z-image; no '..', no hidden names)."}),
             "format": (["png", "webp"], {"default": "png", "tooltip": "png: lossless, read everywhere. webp: smaller; the metadata goes into EXIF."}),
         }, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        try:  # at queue time: a bad name fails before anything runs
+            check_output_prefix(filename_prefix)
+        except ZImageInputError as err:
+            return str(err)
+        return True
 
     def save(self, images, filename_prefix="z-image", format="png", prompt=None, extra_pnginfo=None, unique_id=None):
         params = generation_parameters(prompt or {}, str(unique_id), services.find_model) if prompt and unique_id is not None else {}
@@ -110,8 +121,15 @@ class ZImageReadMetadata:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"image": ("STRING", {"default": "", "tooltip": "A file name in ComfyUI's input folder, or an absolute path."})}}
+        return {"required": {"image": (services.input_files(PICTURE_TYPES), {"image_upload": True, "tooltip": "A PNG or WebP in ComfyUI's input folder (upload one with the button)."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, image):
+        try:  # a replaced file of the same name is read again
+            return os.path.getmtime(services.input_file(image))
+        except (OSError, ZImageInputError):
+            return ""
 
     def read(self, image):
-        meta = read_metadata(services.input_file(image))
+        meta = read_metadata(services.input_file(image), shown_name=image)
         return (meta.get("parameters", ""), json.dumps(meta["prompt"]) if "prompt" in meta else "", json.dumps(meta["workflow"]) if "workflow" in meta else "")

@@ -75,14 +75,14 @@ class ZImageTextEncoderLoader:
             },
             "optional": {
                 "compute_dtype": _compute_input("text_encoder"),
-                "tokenizer_path": ("STRING", {"default": "", "tooltip": "Leave empty: a diffusers folder's tokenizer/ or ComfyUI's bundled Qwen tokenizer is used. Otherwise a folder with vocab.json and merges.txt."}),
             },
         }
 
-    def load(self, text_encoder_name, weight_dtype="default", compute_dtype="auto", tokenizer_path=""):
+    def load(self, text_encoder_name, weight_dtype="default", compute_dtype="auto"):
+        # the tokenizer: a diffusers folder's own tokenizer/, else ComfyUI's bundled Qwen tokenizer (no
+        # free-form path: a prompt may not point the server at folders of its choosing)
         path = services.model_path("text_encoders", text_encoder_name)
-        if not tokenizer_path:
-            tokenizer_path = path if os.path.isdir(path) else services.bundled_tokenizer_dir()
+        tokenizer_path = path if os.path.isdir(path) else services.bundled_tokenizer_dir()
         encoder = load_text_encoder(path, tokenizer_path, weight_dtype, compute_dtype, services.compute_device())
         print(f"Z-Image text encoder {os.path.basename(path)}: {getattr(encoder.model, 'zimage_quantization', '') or 'plain weights'}, compute {str(encoder.compute_dtype).replace('torch.', '')}")
         return (encoder,)

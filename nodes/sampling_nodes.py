@@ -7,6 +7,7 @@ import torch
 from ..loaders.errors import ZImageInputError
 from ..samplers.conditioning import features_from_conditioning
 from ..samplers.latents import check_image_size, check_latent, empty_latent
+from ..samplers.memory_budget import check_latent_fits
 from ..samplers.schedules import check_steps
 from ..samplers.text import encode_to_conditioning
 from ..samplers.turbo import Guidance, sample
@@ -73,6 +74,8 @@ class ZImageEmptyLatent:
         return True if not problems else "; ".join(problems + fine)
 
     def generate(self, width, height, batch_size=1):
+        check_image_size(width, height, MAX_RESOLUTION)
+        check_latent_fits(width, height, batch_size)  # before the zeros are made
         return ({"samples": empty_latent(width, height, batch_size)},)
 
 

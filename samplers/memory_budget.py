@@ -159,3 +159,58 @@ def _largest_square(need_at, cap: int) -> int:
             high = mid - 1
     return best
 
+
+
+# Host-side data a node builds before any sampler runs (a latent of zeros, a prompt list, a set of
+# prompt encodings) may take at most this share of the host's available memory: ComfyUI caches node
+# outputs, and the rest of the run still needs room.
+HOST_SHARE = 0.5
+TEXT_FEATURE_BYTES_PER_TOKEN = 2560 * 4  # Qwen3-4B's hidden size, CONDITIONING in float32
+PROMPT_LIST_ITEM_OVERHEAD = 256  # Python's str and int objects and list slots of one item
+
+
+def host_budget() -> int | None:
+    available = host_available()
+    return None if available is None else int(available * HOST_SHARE)
+
+
+def check_latent_fits(width: int, height: int, batch: int) -> None:
+    """Refuse, before the zeros are made, a latent the host cannot hold, naming the largest batch that fits."""
+    budget = host_budget()
+    per_image = 16 * (height // 8) * (width // 8) * 4
+    if budget is None or per_image * batch <= budget:
+        return
+    fits = budget // per_image
+    hint = f"batch_size {fits} fits at this size" if fits else f"even one {width}×{height} latent does not fit; {_largest_square(lambda s: 16 * (s // 8) ** 2 * 4, budget)}² does"
+    raise ZImageInputError("width, height, batch_size", f"{width}×{height} × batch {batch}: a latent of ~{per_image * batch / GIB:.1f} GiB "
+                           f"({budget / GIB:.1f} GiB of host memory may go to it)", "a latent that fits this machine",
+                           f"lower batch_size or the size ({hint}). Nothing was allocated")
+
+
+def text_tokens_upper_bound(text: str) -> int:
+    """Tokens a prompt can take in Z-Image's template: at most one per byte (byte-level BPE), at most 512."""
+    return min(CAPTION_TOKENS, len(text.encode("utf-8")) + 13)
+
+
+def check_prompts_fit(texts: list[str], what: str, repeat: int = 1, tokens_of=text_tokens_upper_bound,
+                      bytes_per_token: int = TEXT_FEATURE_BYTES_PER_TOKEN) -> None:
+    """Refuse ``texts`` × ``repeat`` prompts whose encodings (one per item: what ComfyUI keeps when it
+    runs a text encoder once per list item) cannot fit the host, naming the largest count that does.
+    Checked before the list is built: ``repeat`` multiplies the sum, not the list."""
+    budget = host_budget()
+    if budget is None or not texts:
+        return
+    total, counted = 0, len(texts)
+    for index, text in enumerate(texts):
+        total += tokens_of(text) * bytes_per_token + len(text.encode("utf-8")) + PROMPT_LIST_ITEM_OVERHEAD
+        if total > budget:  # enough to know it does not fit; the mean so far sizes the answer
+            counted = index + 1
+            break
+    mean = total / counted
+    need = mean * len(texts) * repeat
+    if need <= budget:
+        return
+    raise ZImageInputError(what, f"{len(texts)} prompts" + (f" × repeat {repeat}" if repeat > 1 else "")
+                           + f", whose encodings would need ~{need / GIB:.1f} GiB ({budget / GIB:.1f} GiB of host memory may go to them)",
+                           f"at most about {int(budget // mean)} prompts of this length in one list",
+                           "split the list into several queued prompts, or lower repeat. Nothing was encoded")

@@ -31,6 +31,7 @@ def _import_pack():
 
 
 _import_pack()
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/comfyui_harness.py
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 from zimage_pack.loaders import demo_models as dm  # noqa: E402
@@ -38,28 +39,48 @@ from zimage_pack.loaders import demo_models as dm  # noqa: E402
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "shared: needs ../shared (the real Qwen tokenizer files); deselected, with one line saying so, where it is absent")
+    config.addinivalue_line("markers", "comfyui: runs in a real ComfyUI (tests/comfyui_harness.py); deselected, with one line saying so, where none is found")
 
 
 def _shared_present() -> bool:
     return (REAL_TOKENIZER_DIR / "vocab.json").is_file() and (REAL_TOKENIZER_DIR / "merges.txt").is_file()
 
 
+def _comfyui_missing() -> str | None:
+    from comfyui_harness import comfyui_python, find_comfyui
+
+    if find_comfyui() is None:
+        return ("no ComfyUI found (COMFYUI_DIR, the ComfyUI this pack is installed in, or ../shared/comfyui). "
+                "To run them, set COMFYUI_DIR to a ComfyUI checkout and run scripts/test.sh")
+    if comfyui_python() is None:
+        return "ZIMAGE_COMFYUI_PYTHON is not set. scripts/test.sh sets it up (scripts/setup_comfyui_env.sh); run the suite through it"
+    return None
+
+
+# marker → (why its tests cannot run here or None, the variable that makes a missing suite an error)
+def _optional_suites() -> dict:
+    return {"shared": (None if _shared_present() else f"no {REAL_TOKENIZER_DIR}. To run them, put the project's shared/ folder beside the "
+                       "clone or set ZIMAGE_SHARED_DIR", "ZIMAGE_REQUIRE_SHARED"),
+            "comfyui": (_comfyui_missing(), "ZIMAGE_REQUIRE_COMFYUI")}
+
+
 def pytest_collection_modifyitems(config, items):
-    needs_shared = [item for item in items if item.get_closest_marker("shared")]
-    if not needs_shared or _shared_present():
-        return
-    if os.environ.get("ZIMAGE_REQUIRE_SHARED") == "1":  # CI: the optional suite must run there
-        raise pytest.UsageError(f"ZIMAGE_REQUIRE_SHARED=1 but {REAL_TOKENIZER_DIR} has no vocab.json and merges.txt")
-    items[:] = [item for item in items if item not in needs_shared]
-    config.hook.pytest_deselected(items=needs_shared)
-    config._zimage_not_run = len(needs_shared)
+    notes = []
+    for marker, (missing, required_by) in _optional_suites().items():
+        chosen = [item for item in items if item.get_closest_marker(marker)]
+        if not chosen or missing is None:
+            continue
+        if os.environ.get(required_by) == "1":  # CI: the optional suite must run there
+            raise pytest.UsageError(f"{required_by}=1 but the {marker} suite cannot run: {missing}")
+        items[:] = [item for item in items if item not in chosen]
+        config.hook.pytest_deselected(items=chosen)
+        notes.append(f"{len(chosen)} tests of the optional {marker} suite did not run: {missing}")
+    config._zimage_not_run = notes
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    not_run = getattr(config, "_zimage_not_run", 0)
-    if not_run:
-        terminalreporter.write_line(f"{not_run} tests of the optional ../shared suite did not run: no {REAL_TOKENIZER_DIR}. "
-                                    "To run them, put the project's shared/ folder beside the clone or set ZIMAGE_SHARED_DIR.")
+    for note in getattr(config, "_zimage_not_run", []):
+        terminalreporter.write_line(note)
 
 
 @pytest.fixture(scope="session")

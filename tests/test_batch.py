@@ -157,9 +157,15 @@ def test_list_outputs_run_any_node_once_per_item(real_named_models):
     assert len(latents) == 3 and not (latents[0]["samples"] - latents[1]["samples"]).abs().max() == 0
 
 
-def test_a_missing_prompt_file_fails_at_queue_time(tmp_path, monkeypatch):
+def test_the_prompt_file_is_offered_as_a_list_of_the_input_folders_text_files(tmp_path, monkeypatch):
+    """ComfyUI refuses a value outside a list input at queue time (value_not_in_list): a missing or
+    outside file never reaches the node."""
     monkeypatch.setenv("ZIMAGE_INPUT_DIR", str(tmp_path))
-    verdict = batch_nodes.ZImagePromptList.VALIDATE_INPUTS(file="prompts.csv")
-    assert isinstance(verdict, str) and "prompts.csv" in verdict and "input folder" in verdict
+    (tmp_path / "sub").mkdir()
+    for name in ("prompts.csv", "sub/more.jsonl", "notes.txt", "picture.png", ".hidden.txt"):
+        (tmp_path / name).write_text("prompt\na\n")
+    choices = batch_nodes.ZImagePromptList.INPUT_TYPES()["optional"]["file"][0]
+    assert choices == ["", "notes.txt", "prompts.csv", "sub/more.jsonl"]
+    assert not hasattr(batch_nodes.ZImagePromptList, "VALIDATE_INPUTS")  # it would switch ComfyUI's list check off
     with pytest.raises(ZImageInputError, match="no prompt"):
         batch_nodes.ZImagePromptList().make("\n# only a comment\n", 0, "fixed")

@@ -202,3 +202,26 @@ def test_columns_find_their_inputs():
     assert workflow != graph and json.load(open(LORA_WORKFLOW)) == workflow  # the workflow itself is untouched
     with pytest.raises(OverrideError, match="no node 'Sampler'"):
         apply_row(workflow, {"Sampler.steps": 3})
+
+
+@pytest.mark.parametrize("job, problem", [("../../somewhere/x", "has a path separator"), ("a\\b", "has a path separator"), ("..", "starts with '.'"),
+                                          (".hidden", "starts with '.'"), ("bad\nname", "has control characters"), ("x" * 200, "is 200 characters long")])
+def test_a_job_name_that_would_leave_the_out_folder_is_refused_by_row_with_nothing_sent(servers, tmp_path, capsys, job, problem):
+    url = servers.start("a")
+    csv = tmp_path / "jobs.csv"
+    quoted = '"' + job.replace('"', '""') + '"'  # a CSV field may hold any text, a line break too
+    csv.write_text("job,prompt\nfine,a fox\n" + quoted + ",a cat\n", encoding="utf-8")
+    code = queue_main([WORKFLOW, str(csv), "--server", url, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nothing was sent" in err and problem in err and "row 2 (line 3)" in err, err
+    time.sleep(0.3)
+    assert servers.log("a") == [] and not (tmp_path / "somewhere").exists()
+
+
+@pytest.mark.parametrize("server_name", ["x.png/../../../../evil", "x.\npng", "x.p\x00ng", "noextension", None])
+def test_a_server_answer_cannot_make_the_client_write_outside_out_files(tmp_path, server_name):
+    from zimage_pack.client.runner import local_file
+
+    with pytest.raises(ValueError, match="not a plain file extension"):
+        local_file(str(tmp_path), "job", 0, server_name)
+    assert local_file(str(tmp_path), "job", 3, "ComfyUI_00001_.png") == os.path.realpath(tmp_path / "files" / "job_03.png")

@@ -151,7 +151,8 @@ def test_pictures_carry_how_they_were_made(real_named_models, monkeypatch, fmt):
     for fragment in (f"Steps: {sampler['steps']}", f"Seed: {sampler['seed']}", "CFG scale: 1.0", "Size: 64x48", f"Model hash: {model_hash[:10]}",
                      f"Model: {build.TRANSFORMER_FILE}", f"{build.LORA_FILE[:-12]}: {lora_hash[:12]}", f"{build.LORA_FILE[:-12]}: 0.8"):
         assert fragment in text, fragment
-    parameters, prompt_json, workflow_json = ZImageReadMetadata().read(str(path))
+    monkeypatch.setenv("ZIMAGE_INPUT_DIR", str(real_named_models / "output"))  # the reader takes names in the input folder only
+    parameters, prompt_json, workflow_json = ZImageReadMetadata().read(f"{files[0]['subfolder']}/{files[0]['filename']}")
     assert parameters == text and json.loads(prompt_json) == prompt and json.loads(workflow_json) == workflow
 
 

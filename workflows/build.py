@@ -56,7 +56,7 @@ def text_to_image() -> list[Node]:
     return [
         Node(9, "Note", {"text": SETUP_NOTE}, "Read me", pos=(-380, 40), size=(340, 260)),
         Node(1, "ZImageTransformerLoader", {"model_name": TRANSFORMER_FILE, "weight_dtype": "default", "compute_dtype": "auto", "attention": "sdpa", "compile": False, "quantized_matmul": "dequantize", "memory_mode": "auto"}, pos=(0, 0), size=(340, 190)),
-        Node(2, "ZImageTextEncoderLoader", {"text_encoder_name": TEXT_ENCODER_FILE, "weight_dtype": "default", "compute_dtype": "auto", "tokenizer_path": ""}, pos=(0, 230), size=(340, 130)),
+        Node(2, "ZImageTextEncoderLoader", {"text_encoder_name": TEXT_ENCODER_FILE, "weight_dtype": "default", "compute_dtype": "auto"}, pos=(0, 230), size=(340, 130)),
         Node(3, "ZImageVAELoader", {"vae_name": VAE_FILE, "weight_dtype": "fp32", "compute_dtype": "auto"}, pos=(0, 400), size=(340, 110)),
         Node(4, "ZImageTextEncode", {"text_encoder": (2, 0), "text": "A red fox sitting in fresh snow at sunrise, soft golden light, photograph, 85mm, shallow depth of field."}, "Prompt", pos=(380, 140), size=(400, 200)),
         Node(5, "ZImageEmptyLatent", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(380, 380), size=(300, 110)),

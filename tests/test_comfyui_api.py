@@ -1,0 +1,187 @@
+"""Bad prompts through a real ComfyUI's HTTP API (main.py --cpu on loopback, this pack in custom_nodes,
+tiny models from a seed): no file outside ComfyUI's folders is read, no input takes the server down
+(a watchdog kills it past 8 GiB and the test fails), every bad file or name gets the pack's error, and
+the next prompt runs. The same cases without ComfyUI: tests/test_confinement.py."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfyui_harness import ComfyServer, comfyui_python, execution_error, find_comfyui
+
+pytestmark = pytest.mark.comfyui
+
+SECRET = "SECRET-LINE-never-shown"
+RAW_ERRORS = ("RecursionError", "UnicodeDecodeError", "_csv.Error", "OSError", "embedded null byte", "Traceback")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from zimage_pack.loaders import demo_models as dm
+    from zimage_pack.workflows import build
+
+    work = tmp_path_factory.mktemp("comfyui")
+    comfy = ComfyServer(find_comfyui(), comfyui_python(), work)
+    outside = work / "outside"
+    outside.mkdir()
+    for suffix in (".txt", ".csv", ".png", ".safetensors"):
+        (outside / f"secret{suffix}").write_text(SECRET + "\n")
+    models = comfy.folder("models")
+    dm.write_transformer(dm.make_transformer(seed=0), str(models / "diffusion_models" / build.TRANSFORMER_FILE))
+    dm.write_text_encoder(dm.make_text_encoder(seed=1), str(models / "text_encoders" / build.TEXT_ENCODER_FILE))
+    dm.write_vae(dm.make_vae(seed=2), str(models / "vae" / build.VAE_FILE))
+    os.symlink(outside / "secret.safetensors", models / "diffusion_models" / "link_out.safetensors")
+    inputs = comfy.folder("input")
+    (inputs / "prompts.txt").write_text("a red fox\na lighthouse at dusk\n")
+    (inputs / "deep.jsonl").write_text('{"prompt": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    (inputs / "bad_utf8.txt").write_bytes(b"a fox\n\xff\xfe\n")
+    (inputs / "huge_field.csv").write_text("prompt\n" + "a" * (5 * 2**20) + "\n")
+    (inputs / "big.txt").write_text("a red fox in snow, prompt line\n" * 1_700_000)  # 50 MB
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(inputs / "plain.png")
+    for suffix in (".txt", ".png"):
+        os.symlink(outside / f"secret{suffix}", inputs / f"link_out{suffix}")
+    comfy.start()
+    yield comfy
+    comfy.stop()
+    assert not comfy.killed_for_memory, f"the server passed the memory watchdog (peak {comfy.peak_rss / 2**30:.1f} GiB)"
+
+
+def _shown(entry) -> str:
+    return json.dumps(entry)
+
+
+def _prompt_list(file="", prompts="a fox", repeat=1) -> dict:
+    return {"1": {"class_type": "ZImagePromptList", "inputs": {"prompts": prompts, "seed": 0, "seed_mode": "increment", "repeat": repeat, "file": file}},
+            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+
+
+def _read_metadata(image) -> dict:
+    return {"1": {"class_type": "ZImageReadMetadata", "inputs": {"image": image}},
+            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+
+
+def _text_to_image(changes: dict | None = None) -> dict:
+    from zimage_pack.workflows import build
+
+    with open(build.workflow_path("z_image_turbo_text_to_image_api.json"), encoding="utf-8") as handle:
+        prompt = json.load(handle)
+    for node in prompt.values():
+        if node["class_type"] == "ZImageEmptyLatent":
+            node["inputs"].update(width=64, height=64)
+        if node["class_type"] == "ZImageTurboSampler":
+            node["inputs"].update(steps=2)
+    for (class_type, name), value in (changes or {}).items():
+        next(n for n in prompt.values() if n["class_type"] == class_type)["inputs"][name] = value
+    return prompt
+
+
+def _assert_refused_without_content(result: dict, *fragments) -> str:
+    """Refused at queue time (ComfyUI's validation) or by the node; returns the message the user reads
+    (ComfyUI's own error report also carries a traceback of its code: not the message)."""
+    text = _shown(result)
+    assert SECRET not in text, text
+    if "refused" in result:
+        message = _shown(result["refused"])
+    else:
+        assert result["status"]["status_str"] == "error", text
+        error = execution_error(result)
+        message = error["exception_message"]
+        assert error["exception_type"].endswith("ZImageInputError"), error["exception_type"]
+    for raw in RAW_ERRORS:
+        assert raw not in message, (raw, message)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+def _assert_next_prompt_runs(server) -> None:
+    result = server.run(_prompt_list(prompts="still\nalive"))
+    assert result["status"]["status_str"] == "success", _shown(result)
+    assert server.proc.poll() is None
+
+
+def test_the_pack_loads_and_its_nodes_take_no_free_form_path(server):
+    info = server.get("/object_info")
+    assert not [line for line in server.log_text().splitlines() if "IMPORT FAILED" in line and "comfyui-zimage" in line]
+    assert "ZImagePromptList" in info and "ZImageReadMetadata" in info
+    assert "tokenizer_path" not in json.dumps(info["ZImageTextEncoderLoader"]["input"])
+    offered = info["ZImagePromptList"]["input"]["optional"]["file"][0]
+    assert "prompts.txt" in offered and "link_out.txt" not in offered and not any(o.startswith("/") for o in offered)
+    assert "plain.png" in info["ZImageReadMetadata"]["input"]["required"]["image"][0]
+
+
+def test_a_prompt_file_inside_the_input_folder_works(server):
+    result = server.run(_prompt_list(file="prompts.txt"))
+    assert result["status"]["status_str"] == "success", _shown(result)
+    assert "a lighthouse at dusk" in _shown(result["outputs"])
+
+
+@pytest.mark.parametrize("kind", ["absolute", "absolute_missing", "dotdot", "dotdot_missing", "link"])
+def test_a_prompt_file_outside_the_input_folder_is_refused_with_no_content_and_no_existence_hint(server, kind):
+    outside = server.home.parent / "outside"
+    name = {"absolute": str(outside / "secret.txt"), "absolute_missing": str(outside / "absent.txt"), "dotdot": "../../outside/secret.txt",
+            "dotdot_missing": "../../outside/absent.txt", "link": "link_out.txt"}[kind]
+    result = server.run(_prompt_list(file=name))
+    text = _assert_refused_without_content(result, "value_not_in_list")
+    # an outside file that exists and one that does not ("absent", as long as "secret") get the same answer
+    other = server.run(_prompt_list(file=name.replace("secret", "absent") if "secret" in name else name.replace("absent", "secret")))
+    assert _shown(other["refused"]).replace("secret", "absent") == text.replace("secret", "absent")
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "link"])
+def test_read_image_metadata_cannot_read_outside_the_input_folder(server, kind):
+    name = {"absolute": str(server.home.parent / "outside" / "secret.png"), "dotdot": "../../outside/secret.png", "link": "link_out.png"}[kind]
+    _assert_refused_without_content(server.run(_read_metadata(name)), "value_not_in_list")
+    result = server.run(_read_metadata("plain.png"))
+    assert result["status"]["status_str"] == "success", _shown(result)
+
+
+def test_a_model_link_that_leaves_its_folder_is_refused_and_the_real_file_works(server):
+    refused = server.run(_text_to_image({("ZImageTransformerLoader", "model_name"): "link_out.safetensors"}))
+    text = _assert_refused_without_content(refused, "a link that leads out of", "models/diffusion_models")
+    assert str(server.home) not in text
+    for name in ("/etc/hostname", "../../outside/secret.safetensors"):
+        _assert_refused_without_content(server.run(_text_to_image({("ZImageTransformerLoader", "model_name"): name})), "value_not_in_list")
+    result = server.run(_text_to_image())
+    assert result["status"]["status_str"] == "success", _shown(result)
+
+
+@pytest.mark.parametrize("prefix, found", [("..", "'..' or '.' parts"), ("", "an empty name"), ("line\nbreak", "control characters"),
+                                           ("nul\x00byte", "control characters"), ("x" * 5000, "a name of 5000 bytes"), ("../../escape", "'..' or '.' parts")])
+def test_bad_save_prefixes_get_the_packs_error(server, prefix, found):
+    prompt = _text_to_image()
+    save = next(k for k, n in prompt.items() if n["class_type"] == "SaveImage")
+    prompt[save] = {"class_type": "ZImageSaveImage", "inputs": {"images": prompt[save]["inputs"]["images"], "filename_prefix": prefix, "format": "png"}}
+    text = _assert_refused_without_content(server.run(prompt), found)
+    assert str(server.home) not in text and len(text) < 4000
+
+
+@pytest.mark.parametrize("file, found", [("deep.jsonl", "JSON nested 100000 levels deep"), ("bad_utf8.txt", "not UTF-8 on line 2"),
+                                         ("huge_field.csv", "huge_field.csv"), ("big.txt", "at most 8 MiB")])
+def test_bad_prompt_files_get_the_packs_error(server, file, found):
+    text = _assert_refused_without_content(server.run(_prompt_list(file=file)), found)
+    assert str(server.home) not in text
+    _assert_next_prompt_runs(server)
+
+
+def test_a_prompt_list_that_would_take_the_server_down_is_refused_and_the_next_prompt_runs(server):
+    lines = "\n".join(f"prompt {i}: a red fox in fresh snow at sunrise" for i in range(10_000))
+    before = server.peak_rss
+    _assert_refused_without_content(server.run(_prompt_list(prompts=lines, repeat=1000), timeout=120), "repeat 1000", "at most about")
+    assert server.peak_rss < before + 2 * 2**30
+    _assert_next_prompt_runs(server)
+
+
+def test_an_empty_latent_bigger_than_the_machine_is_refused_and_the_next_prompt_runs(server):
+    from zimage_pack.samplers.memory_budget import host_available
+
+    batch = min(4096, 2 * host_available() // (16 * 2048 * 2048 * 4) + 1)  # twice the host's free memory: refused on any machine
+    prompt = _text_to_image({("ZImageEmptyLatent", "width"): 16384, ("ZImageEmptyLatent", "height"): 16384, ("ZImageEmptyLatent", "batch_size"): batch})
+    _assert_refused_without_content(server.run(prompt, timeout=120), "Nothing was allocated")
+    assert server.peak_rss < 8 * 2**30
+    _assert_next_prompt_runs(server)
