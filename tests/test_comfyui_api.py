@@ -35,7 +35,9 @@ def server(tmp_path_factory):
     dm.write_transformer(dm.make_transformer(seed=0), str(models / "diffusion_models" / build.TRANSFORMER_FILE))
     dm.write_text_encoder(dm.make_text_encoder(seed=1), str(models / "text_encoders" / build.TEXT_ENCODER_FILE))
     dm.write_vae(dm.make_vae(seed=2), str(models / "vae" / build.VAE_FILE))
-    os.symlink(outside / "secret.safetensors", models / "diffusion_models" / "link_out.safetensors")
+    for folder in LOADERS.values():
+        (models / folder[2]).mkdir(parents=True, exist_ok=True)
+        os.symlink(outside / "secret.safetensors", models / folder[2] / "link_out.safetensors")
     inputs = comfy.folder("input")
     (inputs / "prompts.txt").write_text("a red fox\na lighthouse at dusk\n")
     (inputs / "deep.jsonl").write_text('{"prompt": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
@@ -49,6 +51,34 @@ def server(tmp_path_factory):
     yield comfy
     comfy.stop()
     assert not comfy.killed_for_memory, f"the server passed the memory watchdog (peak {comfy.peak_rss / 2**30:.1f} GiB)"
+
+
+# every node input that names a model file: (node, input, models folder)
+LOADERS = {"transformer": ("ZImageTransformerLoader", "model_name", "diffusion_models"), "text_encoder": ("ZImageTextEncoderLoader", "text_encoder_name", "text_encoders"),
+           "vae": ("ZImageVAELoader", "vae_name", "vae"), "lora": ("ZImageLoraLoader", "lora_name", "loras"),
+           "controlnet": ("ZImageControlNetLoader", "controlnet_name", "model_patches"), "bundle": ("ZImageStepBundleLoader", "bundle_name", "zimage_bundles")}
+
+
+def _loader_graph(info: dict, class_type: str, input_name: str, value: str) -> dict:
+    """The loader with ``value`` and defaults elsewhere, its output shown by PreviewAny (a model input
+    is fed by a transformer loader on the real file)."""
+    from zimage_pack.workflows import build
+
+    graph = {"9": {"class_type": "ZImageTransformerLoader", "inputs": {"model_name": build.TRANSFORMER_FILE, "weight_dtype": "default"}}}
+    inputs = {}
+    for name, spec in info[class_type]["input"]["required"].items():
+        kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+        if name == input_name:
+            inputs[name] = value
+        elif isinstance(kind, list):
+            inputs[name] = options.get("default", kind[0])
+        elif "default" in options:
+            inputs[name] = options["default"]
+        else:
+            inputs[name] = ["9", 0]
+    graph["1"] = {"class_type": class_type, "inputs": inputs}
+    graph["2"] = {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}
+    return graph
 
 
 def _shown(entry) -> str:
@@ -141,12 +171,20 @@ def test_read_image_metadata_cannot_read_outside_the_input_folder(server, kind):
     assert result["status"]["status_str"] == "success", _shown(result)
 
 
-def test_a_model_link_that_leaves_its_folder_is_refused_and_the_real_file_works(server):
-    refused = server.run(_text_to_image({("ZImageTransformerLoader", "model_name"): "link_out.safetensors"}))
-    text = _assert_refused_without_content(refused, "a link that leads out of", "models/diffusion_models")
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_no_model_input_reads_outside_its_models_folder(server, loader):
+    class_type, input_name, folder = LOADERS[loader]
+    info = server.get("/object_info")
+    offered = info[class_type]["input"]["required"][input_name][0]
+    assert not any(name.startswith("/") or ".." in name.split("/") for name in offered)
+    linked = server.run(_loader_graph(info, class_type, input_name, "link_out.safetensors"))  # listed by ComfyUI, refused by the pack
+    text = _assert_refused_without_content(linked, "a link that leads out of", f"models/{folder}")
     assert str(server.home) not in text
-    for name in ("/etc/hostname", "../../outside/secret.safetensors"):
-        _assert_refused_without_content(server.run(_text_to_image({("ZImageTransformerLoader", "model_name"): name})), "value_not_in_list")
+    for name in ("/etc/hostname", str(server.home.parent / "outside" / "secret.safetensors"), "../../outside/secret.safetensors"):
+        _assert_refused_without_content(server.run(_loader_graph(info, class_type, input_name, name)), "value_not_in_list")
+
+
+def test_the_text_to_image_workflow_runs_on_the_real_files(server):
     result = server.run(_text_to_image())
     assert result["status"]["status_str"] == "success", _shown(result)
 
