@@ -55,8 +55,24 @@ def _count(keys, prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
+# The published layouts (VideoX-Fun's config/z_image/*.yaml): control layer count → the main layers
+# each hint follows. Refiner hints (2.x) go after noise-refiner blocks 0 and 1.
+CONTROL_PLACES = {6: [0, 5, 10, 15, 20, 25], 15: list(range(0, 30, 2)), 3: [0, 10, 20]}
+REFINER_PLACES = [0, 1]
+
+
+def _all_zero(state: dict, prefix: str, suffix: str) -> bool | None:
+    found = [v for k, v in state.items() if k.startswith(prefix) and k.endswith(suffix)]
+    return all(torch.count_nonzero(t) == 0 for t in found) if found else None
+
+
 def detect_version(state: dict) -> tuple[str, dict]:
-    """(version, ZImageControlNetModel config) from the keys and shapes; refuses other files."""
+    """(version, ZImageControlNetModel config) from the keys and shapes; refuses other files.
+
+    2.0 shipped its control_noise_refiner untrained (zeros) and its reference never runs it (the control
+    layers give the refiner hints); re-saves may drop those keys. So a 15-layer file is 2.0 when the
+    refiner is absent or zero by either reference's test (diffusers: before_proj, ComfyUI: after_proj),
+    2.1 (8-step, 2601, 2602, Tile) when it is trained."""
     keys = list(state)
     if "control_all_x_embedder.2-1.weight" not in state:
         looks_like, use_instead = describe_foreign_keys(keys)
@@ -64,26 +80,24 @@ def detect_version(state: dict) -> tuple[str, dict]:
     dim, patch_in = state["control_all_x_embedder.2-1.weight"].shape
     in_dim = patch_in // 4
     n_control = _count(keys, "control_layers.")
-    n_refiner = _count(keys, "control_noise_refiner.")
     head_dim = state["control_layers.0.attention.norm_q.weight"].shape[0]
-    refiner_is_control = "control_noise_refiner.0.before_proj.weight" in state
-    if refiner_is_control:
-        after = [state[k] for k in keys if k.startswith("control_noise_refiner.") and k.endswith("after_proj.weight")]
-        mode = "control_layers" if all(torch.count_nonzero(t) == 0 for t in after) else "control_noise_refiner"
+    if "control_noise_refiner.0.after_proj.weight" in state:
+        untrained = _all_zero(state, "control_noise_refiner.", "before_proj.weight") or _all_zero(state, "control_noise_refiner.", "after_proj.weight")
+        refiner = "control_layers" if untrained else "control_noise_refiner"
+    elif n_control == 15 and not any(k.startswith("control_noise_refiner.") for k in keys):
+        refiner = "control_layers"  # 2.0 without its unused refiner
     else:
-        mode = None
+        refiner = None  # 1.0: plain refiner blocks, no hints
     version = {(6, 16, None): "1.0", (15, 33, "control_layers"): "2.0", (15, 33, "control_noise_refiner"): "2.1",
-               (3, 33, "control_noise_refiner"): "2.1 lite"}.get((n_control, in_dim, mode))
+               (3, 33, "control_noise_refiner"): "2.1 lite"}.get((n_control, in_dim, refiner))
     if version is None:
         raise ZImageInputError(
-            WHAT, f"a Fun ControlNet layout this pack does not know ({n_control} control layers, {in_dim} input channels, refiner {mode})",
+            WHAT, f"a Fun ControlNet layout this pack does not know ({n_control} control layers, {in_dim} input channels, refiner {refiner})",
             "Union 1.0, 2.0, 2.1 (8-step, 2601, 2602, Tile) or 2.1 lite", "use one of those files, or report the file so its layout can be added",
         )
-    div = round(MAIN_LAYERS / n_control)
     config = dict(
-        control_layers_places=[i * div for i in range(n_control)],
-        control_refiner_layers_places=list(range(n_refiner)) if mode else None,
-        control_in_dim=in_dim, add_control_noise_refiner=mode, dim=dim, n_refiner_layers=max(n_refiner, 1),
+        control_layers_places=CONTROL_PLACES[n_control], control_refiner_layers_places=REFINER_PLACES if refiner else None,
+        control_in_dim=in_dim, add_control_noise_refiner=refiner, dim=dim, n_refiner_layers=2,
         n_heads=dim // head_dim, n_kv_heads=dim // head_dim,
     )
     return version, config

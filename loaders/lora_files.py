@@ -79,8 +79,10 @@ class LoraFile:
 
 
 def read_lora(path: str) -> LoraFile:
-    """Group a LoRA file's tensors by layer (on the CPU, float32 math later)."""
+    """Group a LoRA file's tensors by layer (on the CPU, float32 math later). A file that keeps its
+    alpha in diffusers' header metadata instead of per-layer ``alpha`` tensors gets those alphas."""
     with open_safetensors(path, WHAT) as handle:
+        header = handle.metadata() or {}
         keys = list(handle.keys())
         groups: dict[str, LoraGroup] = {}
         unknown = []
@@ -98,7 +100,54 @@ def read_lora(path: str) -> LoraFile:
             WHAT, f"'{os.path.basename(path)}' with no LoRA tensors (keys like {sorted(keys)[:3]})",
             "lora_A/lora_B, lora_down/lora_up, lokr_* or hada_* tensors", "pick a LoRA file (a full model goes into the loaders)",
         )
+    adapter = _adapter_metadata(header, os.path.basename(path))
+    if adapter is not None:
+        for group in groups.values():
+            _alpha_from_metadata(group, adapter)
     return LoraFile(path, list(groups.values()), unknown, _guess_format(keys))
+
+
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' save_lora_weights (lora_base.LORA_ADAPTER_METADATA_KEY)
+
+
+def _adapter_metadata(header: dict, name: str) -> dict | None:
+    """The transformer's PEFT LoraConfig that diffusers writes into the header as JSON (its fields under
+    ``transformer.`` when saved from a pipeline, bare when saved from the model); None when absent."""
+    text = header.get(ADAPTER_METADATA_KEY)
+    if not text:
+        return None
+    from .json_text import parse_json
+
+    raw = parse_json(text, WHAT, f"the '{ADAPTER_METADATA_KEY}' header of '{name}'", "save the LoRA again, or remove the damaged header")
+    if not isinstance(raw, dict):
+        raise ZImageInputError(WHAT, f"'{name}' whose '{ADAPTER_METADATA_KEY}' is a {type(raw).__name__}", "a JSON object (a PEFT LoraConfig)", "save the LoRA again")
+    config = {k[len("transformer."):]: v for k, v in raw.items() if k.startswith("transformer.")} or raw
+    if config.get("use_dora"):
+        raise ZImageInputError(WHAT, f"'{name}', a DoRA LoRA (use_dora in its header)", "a plain LoRA, LoKr or LoHa",
+                               "DoRA's magnitude vectors are not applied by this pack: use a LoRA saved without DoRA")
+    return config
+
+
+def _pattern_value(patterns: dict, module_key: str):
+    """PEFT's alpha_pattern / rank_pattern lookup: a pattern matches a module whose dotted name ends in it."""
+    import re
+
+    for pattern, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module_key):
+            return value
+    return None
+
+
+def _alpha_from_metadata(group: LoraGroup, config: dict) -> None:
+    """A plain LoRA layer without its own alpha tensor takes lora_alpha (or its alpha_pattern entry)
+    from the header; rsLoRA's scale alpha/√r is written as the equivalent alpha·√r / r."""
+    if group.kind != "lora" or "alpha" in group.tensors or config.get("lora_alpha") is None:
+        return
+    alpha = _pattern_value(config.get("alpha_pattern"), group.module_key)
+    alpha = float(config["lora_alpha"] if alpha is None else alpha)
+    if config.get("use_rslora"):
+        alpha *= group.tensors["down"].shape[0] ** 0.5
+    group.tensors["alpha"] = torch.tensor(alpha)
 
 
 def _strip_prefixes(name: str) -> str:

@@ -20,13 +20,14 @@ from ..loaders.errors import ZImageInputError
 from ..loaders.residency import top_level_onloaded
 from ..loaders.vae import encode
 from .latents import to_model_space
+from .schedules import MODEL_SHIFT, percent_to_sigma
 
 PATCH = "2-1"
 
 
 @dataclass(eq=False)
 class ControlSpec:
-    """One ControlNet with its inputs, strength and active range (fractions of the denoising, 0 = start)."""
+    """One ControlNet with its inputs, strength and active range (start/end percent, as ComfyUI reads them)."""
 
     controlnet: object  # ZImageControlNet
     vae: object  # ZImageVAE
@@ -39,9 +40,11 @@ class ControlSpec:
     resize: str = "crop"
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def active_at(self, sigma: float) -> bool:
-        progress = 1.0 - sigma
-        return self.strength != 0 and self.start - 1e-6 <= progress <= self.end + 1e-6
+    def active_at(self, sigma: float, shift: float = MODEL_SHIFT) -> bool:
+        """ComfyUI's rule (``percent_to_sigma`` on the model's shift): active where σ_end ≤ σ ≤ σ_start,
+        so a workflow made in ComfyUI controls the same steps here."""
+        sigma = float(torch.tensor(sigma, dtype=torch.float32))  # ComfyUI compares the float32 σ of the step
+        return self.strength != 0 and percent_to_sigma(self.end, shift) <= sigma <= percent_to_sigma(self.start, shift)
 
     def control_latents(self, batch: int, height: int, width: int, device, dtype) -> torch.Tensor:
         """The control input [batch, C, h, w] in model space (encoded once per size and batch)."""

@@ -16,7 +16,7 @@ from ..loaders.errors import ZImageInputError
 from ..loaders.param_sets import prepare_weights
 from .control import forward_with_control
 from .latents import check_latent, comfy_noise, to_model_space, to_raw_space
-from .schedules import turbo_sigmas
+from .schedules import MODEL_SHIFT, turbo_sigmas
 
 # on_step(step_index, total_steps, x0_prediction_in_model_space)
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -38,8 +38,10 @@ class Guidance:
         return self.cfg != 1.0 and self.negative is not None and (1.0 - sigma) <= self.truncation
 
 
-def predict_velocity(transformer, x: torch.Tensor, sigma: float, features: list[torch.Tensor], guidance: Guidance | None) -> torch.Tensor:
-    """The flow velocity v (float32) at ``x`` (model space, [B, C, H, W]), ControlNets included."""
+def predict_velocity(transformer, x: torch.Tensor, sigma: float, features: list[torch.Tensor], guidance: Guidance | None,
+                     shift: float = MODEL_SHIFT) -> torch.Tensor:
+    """The flow velocity v (float32) at ``x`` (model space, [B, C, H, W]), ControlNets included (active
+    by their start/end percent on ``shift``, as ComfyUI reads them on a MODEL with that shift)."""
     module, compute_dtype = transformer.module, transformer.compute_dtype
     batch = x.shape[0]
     use_cfg = guidance is not None and guidance.active_at(sigma)
@@ -49,7 +51,7 @@ def predict_velocity(transformer, x: torch.Tensor, sigma: float, features: list[
         inputs = inputs.repeat(2, 1, 1, 1)
         captions = captions + [f.to(x.device, compute_dtype) for f in guidance.negative]
     t = torch.full((inputs.shape[0],), 1.0 - sigma, device=x.device, dtype=torch.float32)
-    active = [c for c in getattr(transformer, "controls", ()) if c.active_at(sigma)]
+    active = [c for c in getattr(transformer, "controls", ()) if c.active_at(sigma, shift)]
     if active:
         controls = []
         for spec in active:
@@ -105,12 +107,12 @@ def start_latent(latent: torch.Tensor, noise: torch.Tensor, sigma0: float, devic
     return (sigma0 * noise + (1.0 - sigma0) * to_model_space(latent.float())).to(device)
 
 
-def checked_velocity(transformer, x, sigmas, i: int, features, guidance, check_interrupt) -> tuple[float, float, torch.Tensor]:
+def checked_velocity(transformer, x, sigmas, i: int, features, guidance, check_interrupt, shift: float = MODEL_SHIFT) -> tuple[float, float, torch.Tensor]:
     """(σ_i, σ_i+1, velocity at step i): the interrupt checked first, a non-finite output refused."""
     if check_interrupt is not None:
         check_interrupt()
     sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-    v = predict_velocity(transformer, x, sigma, features, guidance)
+    v = predict_velocity(transformer, x, sigma, features, guidance, shift)
     check_finite(v, i, len(sigmas) - 1, transformer.compute_dtype)
     return sigma, sigma_next, v
 
@@ -147,7 +149,7 @@ def sample(
     total = len(sigmas) - 1
     with block_interrupts(interruptible_modules(transformer), check_interrupt):
         for i in range(total):
-            sigma, sigma_next, v = checked_velocity(transformer, x, sigmas, i, features, guidance, check_interrupt)
+            sigma, sigma_next, v = checked_velocity(transformer, x, sigmas, i, features, guidance, check_interrupt, shift)
             if on_step is not None:
                 on_step(i, total, x - sigma * v)  # x0 prediction, for previews
             x = x + (sigma_next - sigma) * v

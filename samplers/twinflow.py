@@ -1,6 +1,7 @@
 """TwinFlow's few-step sampler ("few" style, 1–4 NFE), in the pack's conventions.
 
-    ts  = linspace(g0, 1 − g1, N);  σ = bf16(1 − ts) then 0      (2 NFE: [1.0, 0.6015625, 0])
+    t = bf16(linspace(g0, 1 − g1, N));  t = 1 − (1 − t) in bf16;  σ = 1 − t in bf16, then 0
+                                        (2 NFE: [1.0, 0.6015625, 0]; 4 NFE: [1.0, 0.83203125, 0.6640625, 0.5, 0])
     for each (σ, σ_next), target timestep 0:
         F  = velocity(x, σ)                 (the pack's v: −model output, t_embedder_2 term on)
         x0 = x − σ·F ;  z = x + (1 − σ)·F
@@ -43,10 +44,21 @@ def twinflow_sigmas(nfe: int, gap_start: float | None = None, gap_end: float | N
     g1 = g1 if gap_end is None else gap_end
     if not (0 <= g0 < 1 - g1 <= 1):
         raise ZImageInputError("gap_end", f"gaps ({g0}, {g1})", "0 ≤ gap_start < 1 − gap_end", "use the defaults (0.001, 0.6 for 2 steps; 0.5 for 4)")
-    ts = torch.linspace(g0, 1 - g1, total, dtype=torch.float64)
-    sigmas = (1 - ts).to(torch.bfloat16).to(torch.float32)  # the reference rounds σ to bf16
-    sigmas = torch.cat([sigmas, torch.zeros(1)])
-    return sigmas[-(nfe + 1):]
+    return authors_grid(total, g0, g1)[-(nfe + 1):]
+
+
+def authors_grid(steps: int, g0: float, g1: float) -> torch.Tensor:
+    """The σ grid as the authors' ``UnifiedSampler.sampling_loop`` makes it in their pipeline's bf16:
+    a float64 linspace cast to bf16, their Kumaraswamy time transform (identity at a = b = c = 1, but
+    ``1 − (1 − t)`` is rounded twice in bf16), then σ = 1 − t, rounded again. With g1 = 0 the grid is
+    made one point longer and its last point (σ 0) dropped. Rounding only σ once gives 0.66796875
+    instead of 0.6640625 for 4 NFE's third step."""
+    count = steps + 1 if g1 == 0 else steps
+    t = torch.linspace(g0, 1.0 - g1, count, dtype=torch.float64).to(torch.bfloat16)
+    if g1 == 0:
+        t = t[:-1]
+    t = 1 - (1 - t)  # (1 − (1 − t^a)^b)^c with a = b = c = 1, each step rounded to bf16
+    return torch.cat([1 - t, torch.zeros(1, dtype=torch.bfloat16)]).to(torch.float32)
 
 
 @torch.no_grad()

@@ -67,7 +67,7 @@ def _two_steps(model, features, x, s0, s1, settings, renoise, on_step, check_int
     step1, step2 = model.steps
     device = x.device
     prepare_weights(step1)
-    v = predict_velocity(step1, x, s0, features, None)
+    v = predict_velocity(step1, x, s0, features, None, settings.shift)
     check_finite(v, 0, 2, step1.compute_dtype)
     x0_step1 = x - s0 * v
     if on_step is not None:
@@ -80,7 +80,7 @@ def _two_steps(model, features, x, s0, s1, settings, renoise, on_step, check_int
         check_interrupt()
 
     prepare_weights(step2)
-    v = predict_velocity(step2, x, s1, features, None)
+    v = predict_velocity(step2, x, s1, features, None, settings.shift)
     check_finite(v, 1, 2, step2.compute_dtype)
     x = x - s1 * v
     if on_step is not None:

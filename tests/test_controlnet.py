@@ -8,6 +8,7 @@ import torch
 from diffusers import ZImageControlNetModel
 from safetensors.torch import save_file
 
+import published_controlnets as published
 from zimage_pack.loaders import demo_models as dm
 from zimage_pack.loaders.controlnet import load_controlnet
 from zimage_pack.loaders.errors import ZImageInputError
@@ -18,12 +19,24 @@ from zimage_pack.samplers.latents import to_model_space
 from zimage_pack.samplers.turbo import sample
 
 VERSIONS = ["1.0", "2.0", "2.1", "2.1 lite"]
+# one published file per version (tests/published_controlnets.py writes them key by key from the published layouts)
+FILE_OF = {"1.0": "Z-Image-Turbo-Fun-Controlnet-Union.safetensors", "2.0": "Z-Image-Turbo-Fun-Controlnet-Union-2.0.safetensors",
+           "2.1": "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors", "2.1 lite": "Z-Image-Turbo-Fun-Controlnet-Union-2.1-lite-2601-8steps.safetensors"}
+# diffusers' ZImageControlNetModel config of each version, from VideoX-Fun's yamls and diffusers' hub configs
+# (independent of the pack's loader); 2.0's refiner is never run ("control_layers" gives its hints)
+REFERENCE_CONFIG = {
+    "1.0": dict(control_layers_places=published.PLACES[6], control_refiner_layers_places=None, control_in_dim=16, add_control_noise_refiner=None),
+    "2.0": dict(control_layers_places=published.PLACES[15], control_refiner_layers_places=[0, 1], control_in_dim=33, add_control_noise_refiner="control_layers"),
+    "2.1": dict(control_layers_places=published.PLACES[15], control_refiner_layers_places=[0, 1], control_in_dim=33, add_control_noise_refiner="control_noise_refiner"),
+    "2.1 lite": dict(control_layers_places=published.PLACES[3], control_refiner_layers_places=[0, 1], control_in_dim=33, add_control_noise_refiner="control_noise_refiner"),
+}
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("controlnets")
-    out = {v: dm.write_controlnet(dm.make_controlnet(v, seed=3), str(root / f"Z-Image-Turbo-Fun-Controlnet-Union-{v}.safetensors")) for v in VERSIONS}
+    out = {v: published.write_published(str(root), FILE_OF[v], dtype=torch.float32, seed=3) for v in VERSIONS}
+    out["published"] = {name: published.write_published(str(root / "all"), name, seed=5) for name in published.PUBLISHED}
     # a transformer deep enough for the real hint places (30 layers), still tiny
     out["transformer"] = dm.write_transformer(dm.make_transformer(seed=4, n_layers=30, n_refiner_layers=2), str(root / "z_image_30_layers.safetensors"))
     return out
@@ -41,12 +54,12 @@ def _inputs(batch=1, h=6, w=4, seed=0):
     return x, torch.full((batch,), 0.3), caps
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_version_is_detected(files, version):
-    cnet = load_controlnet(files[version])
-    assert cnet.version == version
-    assert cnet.control_in_dim == (16 if version == "1.0" else 33)
-    assert len(cnet.module.control_layers_places) == {"1.0": 6, "2.0": 15, "2.1": 15, "2.1 lite": 3}[version]
+@pytest.mark.parametrize("name", sorted(published.PUBLISHED))
+def test_every_published_file_is_detected_with_its_hint_places(files, name):
+    cnet = load_controlnet(files["published"][name])
+    layers, in_dim, _ = published.PUBLISHED[name]
+    assert cnet.version == published.expected_version(name)
+    assert cnet.control_in_dim == in_dim and cnet.module.control_layers_places == published.PLACES[layers]
 
 
 def test_orchestrated_forward_without_controls_is_the_transformer(transformer):
@@ -56,10 +69,17 @@ def test_orchestrated_forward_without_controls_is_the_transformer(transformer):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, ref))
 
 
-def _reference_cnet(path, transformer):
-    ref = load_controlnet(path).module
+def _reference_cnet(path, transformer, version):
+    """diffusers' own ControlNet with the version's published config and diffusers' own single-file
+    conversion of the file: nothing of the pack's loader."""
+    from diffusers.loaders.single_file_utils import convert_z_image_controlnet_checkpoint_to_diffusers
+    from safetensors.torch import load_file
+
+    config = dict(REFERENCE_CONFIG[version], dim=64, n_heads=2, n_kv_heads=2)
+    ref = ZImageControlNetModel(**config)
+    ref.load_state_dict(convert_z_image_controlnet_checkpoint_to_diffusers(load_file(path), config), strict=True)
     ref.gradient_checkpointing = False  # diffusers' forward reads it; from_pretrained would have set it
-    return ZImageControlNetModel.from_transformer(ref, transformer.module)
+    return ZImageControlNetModel.from_transformer(ref.eval(), transformer.module)
 
 
 @pytest.mark.parametrize("version", ["1.0", "2.0", "2.1", "2.1 lite"])
@@ -69,7 +89,7 @@ def test_hints_equal_diffusers_controlnet(files, transformer, version):
     control = torch.randn(2, cnet.control_in_dim, 6, 4, generator=torch.Generator().manual_seed(7))
     record = {}
     forward_with_control(transformer.module, x, t, caps, [(cnet, control, 0.8)], record)
-    ref = _reference_cnet(files[version], transformer)(x, t, caps, list(control.unsqueeze(2).unbind(0)), conditioning_scale=0.8)
+    ref = _reference_cnet(files[version], transformer, version)(x, t, caps, list(control.unsqueeze(2).unbind(0)), conditioning_scale=0.8)
     assert set(record["main"]) == set(ref)
     err = max((record["main"][k] - ref[k]).abs().max().item() for k in ref)
     assert err <= 1e-4, err
@@ -81,7 +101,7 @@ def test_v1_output_equals_diffusers_transformer_with_the_hints(files, transforme
     x, t, caps = _inputs(batch=1)
     control = torch.randn(1, 16, 6, 4, generator=torch.Generator().manual_seed(8))
     ours = forward_with_control(transformer.module, x, t, caps, [(cnet, control, 0.75)])
-    hints = _reference_cnet(files["1.0"], transformer)(x, t, caps, list(control.unsqueeze(2).unbind(0)), conditioning_scale=0.75)
+    hints = _reference_cnet(files["1.0"], transformer, "1.0")(x, t, caps, list(control.unsqueeze(2).unbind(0)), conditioning_scale=0.75)
     ref = transformer.module(x, t, caps, controlnet_block_samples=hints, return_dict=False)[0]
     assert torch.allclose(ours[0], ref[0], atol=1e-4)
 
@@ -98,7 +118,7 @@ def test_refiner_hints_go_into_the_main_noise_refiner(files, transformer, versio
     ours = forward_with_control(transformer.module, x, t, caps, [(cnet, control, 0.9)], record)
     (refiner_hints,) = record["refiner"]
     assert set(refiner_hints) == {0, 1} and all(h.abs().max() > 1e-3 for h in refiner_hints.values())
-    hints = _reference_cnet(files[version], transformer)(x, t, caps, list(control.unsqueeze(2).unbind(0)), conditioning_scale=0.9)
+    hints = _reference_cnet(files[version], transformer, version)(x, t, caps, list(control.unsqueeze(2).unbind(0)), conditioning_scale=0.9)
     diffusers_pipeline_way = transformer.module(x, t, caps, controlnet_block_samples=hints, return_dict=False)[0]
     handles = [block.register_forward_hook(lambda mod, args, out, i=i: out + refiner_hints[i]) for i, block in enumerate(transformer.module.noise_refiner)]
     try:
@@ -128,16 +148,32 @@ def test_strength_zero_is_exactly_no_controlnet(files, transformer, vae):
     assert torch.equal(plain, off) and (plain - on).abs().max() > 1e-3
 
 
-def test_steps_outside_the_range_are_unaffected(files, transformer, vae):
+def test_start_and_end_percent_control_the_steps_comfyui_controls(files, transformer, vae):
+    """ComfyUI's rule (percent_to_sigma: the unshifted time, then the shift): with shift 3 and 8 steps,
+    start 0.3 / end 0.6 is σ 0.875 … 0.667, so steps 4 and 5 (σ 0.833, 0.75) are controlled. The old rule
+    (progress = 1 − shifted σ) controlled steps 6 and 7 instead."""
     features, latent = [torch.randn(5, 32)], torch.zeros(1, 16, 6, 4)
     seen = {"plain": [], "ranged": []}
+    calls = []
+    spec = _spec(load_controlnet(files["1.0"]), vae, start=0.3, end=0.6)
+    original = spec.active_at
+    spec.active_at = lambda sigma, shift=3.0: calls.append(original(sigma, shift)) or calls[-1]
     sample(transformer, features, latent, seed=2, steps=8, on_step=lambda i, n, x0: seen["plain"].append(x0.clone()))
-    ranged = transformer.with_control(_spec(load_controlnet(files["1.0"]), vae, start=0.3, end=0.6))
-    sample(ranged, features, latent, seed=2, steps=8, on_step=lambda i, n, x0: seen["ranged"].append(x0.clone()))
-    # progress 1 - σ per step: 0, .05, .1, .17, .25 (before the range), .36, .5 (inside), .7 (after)
-    for i in range(5):
+    sample(transformer.with_control(spec), features, latent, seed=2, steps=8, on_step=lambda i, n, x0: seen["ranged"].append(x0.clone()))
+    assert [i + 1 for i, on in enumerate(calls) if on] == [4, 5]
+    for i in range(3):  # before the range: untouched
         assert torch.equal(seen["plain"][i], seen["ranged"][i]), i
-    assert (seen["plain"][5] - seen["ranged"][5]).abs().max() > 1e-4
+    assert (seen["plain"][3] - seen["ranged"][3]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 6.0])
+def test_percent_to_sigma_is_comfyuis_formula_at_the_ends_and_inside(shift):
+    from zimage_pack.samplers.schedules import percent_to_sigma
+
+    assert percent_to_sigma(0.0, shift) == 1.0 and percent_to_sigma(1.0, shift) == 0.0
+    assert percent_to_sigma(0.3, 3.0) == pytest.approx(0.875) and percent_to_sigma(0.6, 3.0) == pytest.approx(2 / 3)
+    values = [percent_to_sigma(p / 20, shift) for p in range(21)]
+    assert values == sorted(values, reverse=True)
 
 
 def test_inpaint_input_is_built_like_the_reference(files, vae):

@@ -220,3 +220,59 @@ def test_merged_lora_sample_matches_diffusers_peft_unmerged(model_files, tiny_va
     assert err <= 1e-4, err
     without = sample(load_transformer(model_files["comfy"]), features, latent, seed=4)
     assert (merged - without).abs().max() > 1e-3  # the LoRA mattered
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_alpha_kept_in_diffusers_header_metadata_is_applied_as_diffusers_applies_it(model_files, tiny_vae, tmp_path, rslora):
+    """diffusers' save_lora_weights keeps lora_alpha (and alpha_pattern) in the header, not as alpha
+    tensors; its load_lora_weights reads them. Here alpha 12 on rank 4 (scale 3), one layer at alpha 2."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from zimage_pack.loaders.lora_merge import sync_lora_stack
+
+    trained = load_transformer(model_files["comfy"]).module
+    config = LoraConfig(r=4, lora_alpha=12, target_modules=["to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3"],
+                        alpha_pattern={"layers.0.attention.to_q": 2}, use_rslora=rslora)
+    trained.add_adapter(config)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_" in name:
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+    ZImagePipeline.save_lora_weights(str(tmp_path), transformer_lora_layers=get_peft_model_state_dict(trained),
+                                     transformer_lora_adapter_metadata=config.to_dict())
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        assert "lora_adapter_metadata" in handle.metadata() and not any(k.endswith(".alpha") for k in handle.keys())
+
+    reference = load_transformer(model_files["comfy"]).module
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+    pipe = ZImagePipeline(scheduler=scheduler, vae=tiny_vae, text_encoder=None, tokenizer=None, transformer=reference)
+    pipe.load_lora_weights(str(path), adapter_name="style")
+    pipe.fuse_lora(lora_scale=0.8)
+    expected = {k.replace("base_layer.", ""): v for k, v in reference.state_dict().items() if "lora_" not in k}
+
+    ours = load_transformer(model_files["comfy"])
+    patch, report = prepare_lora(ours.module, str(path), 0.8)
+    assert not report.not_applied
+    sync_lora_stack(ours.module, (patch,))
+    got = ours.module.state_dict()
+    worst = max((got[k] - expected[k]).abs().max().item() for k in got)
+    assert worst <= 1e-5, worst
+    base = load_transformer(model_files["comfy"]).module.state_dict()
+    assert (got["layers.1.attention.to_q.weight"] - base["layers.1.attention.to_q.weight"]).abs().max() > 1e-3
+
+
+def test_a_dora_lora_is_refused_by_name(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "dora.safetensors"
+    save_file({"transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 64), "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(64, 4)},
+              str(path), metadata={"lora_adapter_metadata": '{"transformer.r": 4, "transformer.lora_alpha": 4, "transformer.use_dora": true}'})
+    from zimage_pack.loaders.lora_files import read_lora
+
+    with pytest.raises(ZImageInputError, match="a DoRA LoRA"):
+        read_lora(str(path))

@@ -68,7 +68,17 @@ def test_schedule_is_design_formula():
 def test_img2img_schedule_follows_ksampler_rule():
     # denoise d: schedule for int(steps/d) steps, keep the last steps + 1
     sig = turbo_sigmas(4, 3.0, denoise=0.5)
-    assert torch.equal(sig, full_schedule(8, 3.0)[-5:])
+    assert torch.allclose(sig, full_schedule(8, 3.0)[-5:], atol=1e-7)  # 1000 / 8 is whole: simple = linspace
+
+
+def test_img2img_schedule_is_comfyuis_simple_scheduler_where_it_is_not_a_linspace():
+    """8 steps at denoise 0.6: 13 steps, and 1000 / 13 is not whole. ComfyUI picks table rows at
+    int(x · 1000 / 13): the second σ is the shifted time 0.924, not linspace's 1 − 1/13 = 0.9231."""
+    sig = turbo_sigmas(8, 3.0, denoise=0.6)
+    assert len(sig) == 9 and sig[-1] == 0.0
+    whole = torch.cat([torch.tensor([(1000 - int(x * 1000 / 13)) / 1000 for x in range(13)]), torch.zeros(1)])
+    assert torch.allclose(sig, (3 * whole / (1 + 2 * whole))[-9:], atol=1e-6)
+    assert not torch.allclose(sig, full_schedule(13, 3.0)[-9:], atol=1e-4)  # what the pack did before
 
 
 def test_img2img_start_mixes_noise_and_input(loaded):

@@ -63,11 +63,34 @@ def test_broken_t_embedder_2_is_refused(twin_files, tmp_path, damage):
         load_transformer(path)
 
 
-def test_sigmas_follow_the_reference():
+def _authors_sigmas(steps, g0, g1, a=1, b=1, c=1):
+    """What the authors' UnifiedSampler.sampling_loop computes, line by line as their code orders it,
+    in the dtype of their pipeline's noise (bf16): the step count (one more when g1 is 0), the float64
+    linspace moved to the noise's dtype, the endpoint dropped when g1 is 0, their time transform
+    (1 − (1 − t^a)^b)^c, then 1 − t and a terminal 0, all as bf16 tensor arithmetic."""
+    noise = torch.zeros(1, dtype=torch.bfloat16)
+    num_steps = steps
+    if g1 == 0:
+        num_steps += 1
+    t = torch.linspace(g0, 1.0 - g1, num_steps, dtype=torch.float64).to(noise)
+    if g1 == 0:
+        t = t[:-1]
+    t = (1 - (1 - t ** a) ** b) ** c
+    return torch.cat([1 - t, torch.zeros(1, dtype=t.dtype)]).float().tolist()
+
+
+@pytest.mark.parametrize("nfe", [1, 2, 3, 4])
+@pytest.mark.parametrize("gaps", [None, (0.001, 0.5), (0.001, 0.6), (0.001, 0.7), (0.0, 0.0), (0.05, 0.3)])
+def test_sigmas_are_the_authors_grid(nfe, gaps):
+    from zimage_pack.samplers.twinflow import DEFAULT_GAPS
+
+    g0, g1 = gaps or DEFAULT_GAPS[nfe]
+    assert twinflow_sigmas(nfe, g0, g1).tolist() == _authors_sigmas(nfe, g0, g1)
+
+
+def test_sigmas_known_values():
     assert twinflow_sigmas(2).tolist() == [1.0, 0.6015625, 0.0]
-    four = twinflow_sigmas(4)
-    ts = torch.linspace(0.001, 0.5, 4, dtype=torch.float64)
-    assert four.tolist() == (1 - ts).to(torch.bfloat16).float().tolist() + [0.0]
+    assert twinflow_sigmas(4).tolist() == [1.0, 0.83203125, 0.6640625, 0.5, 0.0]  # rounding 1 − t once gave 0.66796875
     with pytest.raises(ZImageInputError, match="nfe"):
         twinflow_sigmas(8)
 
@@ -116,7 +139,9 @@ def test_sample_equals_the_formulas_in_float32(twin_files, nfe, ratio):
     caps = [torch.randn(7, 32, generator=torch.Generator().manual_seed(3)) for _ in range(2)]
     latent = torch.zeros(2, 16, 8, 6)
     got, first = sample_twinflow(loaded, caps, latent, seed=21, nfe=nfe, stochastic_ratio=ratio)
-    want = _reference_sample(reference, caps, latent.shape, 21, twinflow_sigmas(nfe), ratio)
+    from zimage_pack.samplers.twinflow import DEFAULT_GAPS
+
+    want = _reference_sample(reference, caps, latent.shape, 21, _authors_sigmas(nfe, *DEFAULT_GAPS[nfe]), ratio)
     assert (got - want).abs().max() <= 1e-4
     assert first.shape == got.shape and not torch.equal(first, got)
 
