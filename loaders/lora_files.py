@@ -51,6 +51,9 @@ class LoraGroup:
     module_key: str
     tensors: dict = field(default_factory=dict)
     source_keys: list = field(default_factory=list)
+    # musubi-tuner's own LoKr (networks.lokr) scales a full lokr_w2 by alpha / max(w2.shape), where
+    # LyCORIS uses 1; its files carry an int64 ``lokr_factor`` tensor and an ``ss_lokr_factor`` header
+    musubi_lokr: bool = False
 
     @property
     def kind(self) -> str:
@@ -87,11 +90,13 @@ def read_lora(path: str) -> LoraFile:
         groups: dict[str, LoraGroup] = {}
         unknown = []
         for key in keys:
+            if key == MUSUBI_LOKR_MARKER:
+                continue
             suffix = next((s for s in _SUFFIX_ORDER if key.endswith(s)), None)
             if suffix is None:
                 unknown.append(key)
                 continue
-            module_key = _strip_prefixes(key[: -len(suffix)])
+            module_key = strip_lora_prefixes(key[: -len(suffix)])
             group = groups.setdefault(module_key, LoraGroup(module_key))
             group.tensors[_SUFFIXES[suffix]] = handle.get_tensor(key)
             group.source_keys.append(key)
@@ -104,7 +109,21 @@ def read_lora(path: str) -> LoraFile:
     if adapter is not None:
         for group in groups.values():
             _alpha_from_metadata(group, adapter)
+    _mark_musubi_lokr(list(groups.values()), unknown, MUSUBI_LOKR_MARKER in keys, "ss_lokr_factor" in header)
     return LoraFile(path, list(groups.values()), unknown, _guess_format(keys))
+
+
+MUSUBI_LOKR_MARKER = "lokr_factor"
+
+
+def _mark_musubi_lokr(groups: list[LoraGroup], unknown: list[str], has_marker: bool, has_header: bool) -> None:
+    """A musubi-tuner LoKr file: its LoKr layers take musubi's scale; its ``lokr_factor`` tensor (no weight)
+    is listed with the first LoKr layer, or as not applied when there is none."""
+    lokr = [g for g in groups if g.kind == "lokr"]
+    for group in lokr if (has_marker or has_header) else []:
+        group.musubi_lokr = True
+    if has_marker:
+        (lokr[0].source_keys if lokr else unknown).append(MUSUBI_LOKR_MARKER)
 
 
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' save_lora_weights (lora_base.LORA_ADAPTER_METADATA_KEY)
@@ -150,7 +169,7 @@ def _alpha_from_metadata(group: LoraGroup, config: dict) -> None:
     group.tensors["alpha"] = torch.tensor(alpha)
 
 
-def _strip_prefixes(name: str) -> str:
+def strip_lora_prefixes(name: str) -> str:
     changed = True
     while changed:
         changed = False
@@ -241,9 +260,7 @@ def group_delta(group: LoraGroup, rows: tuple[int, int] | None = None, device=No
     if kind == "lokr":
         w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
         w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"]
-        dim = t["lokr_w2_b"].shape[0] if "lokr_w2_b" in t else (t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else None)
-        scale = alpha / dim if (alpha is not None and dim) else 1.0
-        delta = torch.kron(w1, w2) * scale
+        delta = torch.kron(w1, w2) * lokr_scale(group)
     elif kind == "loha":
         scale = alpha / t["hada_w1_b"].shape[0] if alpha is not None else 1.0
         delta = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * scale
@@ -252,6 +269,23 @@ def group_delta(group: LoraGroup, rows: tuple[int, int] | None = None, device=No
     else:
         raise ValueError(f"incomplete LoRA group {group.module_key}: {sorted(t)}")
     return delta if rows is None else delta[rows[0]: rows[1]]
+
+
+def lokr_rank(tensors: dict) -> int | None:
+    """The rank alpha divides by (w2's decomposition, else w1's); None when both factors are full."""
+    if "lokr_w2_b" in tensors:
+        return tensors["lokr_w2_b"].shape[0]
+    return tensors["lokr_w1_b"].shape[0] if "lokr_w1_b" in tensors else None
+
+
+def lokr_scale(group: LoraGroup) -> float:
+    """alpha / rank (LyCORIS, ComfyUI); with both factors full, 1 — except musubi-tuner's own LoKr,
+    which scales a full w2 by alpha / max(w2.shape)."""
+    alpha = float(group.tensors["alpha"]) if "alpha" in group.tensors else None
+    dim = lokr_rank(group.tensors)
+    if dim is None and group.musubi_lokr:
+        dim = max(group.tensors["lokr_w2"].shape)
+    return alpha / dim if (alpha is not None and dim) else 1.0
 
 
 def delta_shape(group: LoraGroup) -> tuple[int, int]:

@@ -35,7 +35,25 @@ class Guidance:
     negative: Optional[list[torch.Tensor]] = None
 
     def active_at(self, sigma: float) -> bool:
-        return self.cfg != 1.0 and self.negative is not None and (1.0 - sigma) <= self.truncation
+        return self.negative is not None and cfg_active(sigma, self.cfg, self.truncation)
+
+
+def cfg_active(sigma: float, cfg: float, truncation: float) -> bool:
+    """CFG runs while the denoising progress 1 − σ has not passed ``truncation`` (diffusers' rule)."""
+    return cfg != 1.0 and (1.0 - sigma) <= truncation
+
+
+def guided(pos: torch.Tensor, neg: torch.Tensor, cfg: float, renorm: float) -> torch.Tensor:
+    """pos + (cfg − 1)·(pos − neg), its norm per sample capped at ``renorm`` × the positive's (0 = off).
+    Linear in its inputs, so it holds for the model's output, the velocity or x − x0 alike."""
+    out = pos + (cfg - 1.0) * (pos - neg)
+    if renorm > 0:
+        dims = tuple(range(1, pos.ndim))
+        pos_norm = torch.linalg.vector_norm(pos, dim=dims, keepdim=True)
+        new_norm = torch.linalg.vector_norm(out, dim=dims, keepdim=True)
+        cap = pos_norm * renorm
+        out = torch.where(new_norm > cap, out * (cap / new_norm), out)
+    return out
 
 
 def predict_velocity(transformer, x: torch.Tensor, sigma: float, features: list[torch.Tensor], guidance: Guidance | None,
@@ -63,15 +81,7 @@ def predict_velocity(transformer, x: torch.Tensor, sigma: float, features: list[
         out = module(list(inputs.unsqueeze(2).unbind(0)), t, captions, return_dict=False)[0]
     pred = torch.stack([o.float() for o in out]).squeeze(2)
     if use_cfg:
-        pos, neg = pred[:batch], pred[batch:]
-        guided = pos + (guidance.cfg - 1.0) * (pos - neg)
-        if guidance.renorm > 0:
-            dims = tuple(range(1, pos.ndim))
-            pos_norm = torch.linalg.vector_norm(pos, dim=dims, keepdim=True)
-            new_norm = torch.linalg.vector_norm(guided, dim=dims, keepdim=True)
-            cap = pos_norm * guidance.renorm
-            guided = torch.where(new_norm > cap, guided * (cap / new_norm), guided)
-        pred = guided
+        pred = guided(pred[:batch], pred[batch:], guidance.cfg, guidance.renorm)
     return -pred
 
 

@@ -13,7 +13,7 @@ COMFY="${1:?usage: setup_comfyui_env.sh COMFYUI_DIR}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${ZIMAGE_COMFYUI_VENV:-$ROOT/.venv-comfyui}"
 STAMP="$VENV/.zimage-ready"
-WANT="$(cat "$COMFY/requirements.txt" "$ROOT/requirements.txt" | sha256sum | cut -c1-16)"
+WANT="$(cat "$COMFY/requirements.txt" "$ROOT/requirements.txt" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   echo "$VENV/bin/python"
   exit 0
@@ -23,9 +23,9 @@ fi
   PY="$VENV/bin/python"
   "$PY" -m pip install -q "torch==${ZIMAGE_TORCH_VERSION:-2.13.0}"
   grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$VENV/comfyui-requirements.txt"
-  "$PY" -m pip install -q -r "$VENV/comfyui-requirements.txt" -r "$ROOT/requirements.txt"
+  "$PY" -m pip install -q -r "$VENV/comfyui-requirements.txt" -r "$ROOT/requirements.txt" "pytest>=7"  # pytest: tests/in_comfyui run in it
   "$PY" -m pip install -q --no-deps "torchaudio==2.11.1"
-  "$PY" -c "import torch, torchaudio, aiohttp, comfy_kitchen, diffusers"
+  "$PY" -c "import torch, torchaudio, aiohttp, comfy_kitchen, diffusers, pytest"
 } >&2
 echo "$WANT" > "$STAMP"
 echo "$VENV/bin/python"

@@ -19,3 +19,12 @@ if [ -n "$COMFY" ] && [ -z "${ZIMAGE_COMFYUI_PYTHON:-}" ]; then
   fi
 fi
 "$ZIMAGE_PY" -m pytest -q -p no:cacheprovider --basetemp "$BASETEMP" "$@"
+# The pack's ComfyUI side in process, in ComfyUI's own Python (tests/in_comfyui), when a ComfyUI is at hand.
+if [ -n "${ZIMAGE_COMFYUI_PYTHON:-}" ] && [ "$#" -eq 0 ]; then
+  "$ZIMAGE_COMFYUI_PYTHON" -m pytest -q -p no:cacheprovider --basetemp "$BASETEMP/in_comfyui" tests/in_comfyui
+elif [ "${ZIMAGE_REQUIRE_COMFYUI:-}" = "1" ]; then
+  echo "ZIMAGE_REQUIRE_COMFYUI=1 but the in-ComfyUI suite cannot run (no ComfyUI environment)" >&2
+  exit 1
+elif [ "$#" -eq 0 ]; then
+  echo "tests/in_comfyui did not run: no ComfyUI found (set COMFYUI_DIR to a ComfyUI checkout to run them)"
+fi
