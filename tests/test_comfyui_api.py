@@ -223,3 +223,56 @@ def test_an_empty_latent_bigger_than_the_machine_is_refused_and_the_next_prompt_
     _assert_refused_without_content(server.run(prompt, timeout=120), "Nothing was allocated")
     assert server.peak_rss < 8 * 2**30
     _assert_next_prompt_runs(server)
+
+
+# The queue client (client/) against the real ComfyUI: its tests elsewhere use the pack's own test server.
+
+def _queue_table(tmp_path, rows: list[dict]) -> str:
+    import csv
+
+    path = tmp_path / "jobs.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def _executed_prompt_ids(server) -> set:
+    return {prompt_id for prompt_id, entry in server.get("/history").items() if entry.get("status", {}).get("status_str") == "success"}
+
+
+def test_the_queue_client_runs_a_table_on_the_real_server_exactly_once(server, tmp_path):
+    from zimage_pack.client.cli import main as queue_main
+    from zimage_pack.workflows import build
+
+    rows = [{"job": f"fox-{i}", "prompt": f"a red fox number {i}", "seed": 40 + i, "width": 64, "height": 48, "steps": 2} for i in range(3)]
+    table, out = _queue_table(tmp_path, rows), tmp_path / "out"
+    before = _executed_prompt_ids(server)
+    workflow = build.workflow_path("z_image_turbo_text_to_image_api.json")
+    assert queue_main([workflow, table, "--server", server.url, "--out", str(out)]) == 0
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["job"] for r in results) == ["fox-0", "fox-1", "fox-2"]
+    for result in results:
+        picture = Image.open(out / result["files"][0])
+        assert picture.size == (64, 48) and result["seed"] == 40 + int(result["job"][-1])
+    ran = _executed_prompt_ids(server) - before
+    assert len(ran) == 3  # each job ran once on the server
+    assert queue_main([workflow, table, "--server", server.url, "--out", str(out)]) == 0  # a rerun sends nothing
+    assert _executed_prompt_ids(server) - before == ran
+
+
+def test_the_queue_client_checks_rows_against_the_real_servers_object_info(server, tmp_path, capsys):
+    from zimage_pack.client.cli import main as queue_main
+    from zimage_pack.workflows import build
+
+    rows = [{"prompt": "a fox", "seed": 1, "width": 64, "steps": 2, "1.weight_dtype": "default"},
+            {"prompt": "a cat", "seed": 2, "width": 100, "steps": 2, "1.weight_dtype": "default"},
+            {"prompt": "a dog", "seed": 3, "width": 64, "steps": 2, "1.weight_dtype": "int3"}]
+    before = _executed_prompt_ids(server)
+    code = queue_main([build.workflow_path("z_image_turbo_text_to_image_api.json"), _queue_table(tmp_path, rows), "--server", server.url,
+                       "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nothing was sent" in err
+    assert "row 2 (line 3)" in err and "100 is not a multiple of 16" in err and "row 3 (line 4)" in err and "'int3' is not in the list" in err
+    assert _executed_prompt_ids(server) == before
