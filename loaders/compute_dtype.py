@@ -143,6 +143,11 @@ def _remove_layerwise_casting(module: torch.nn.Module) -> None:
         return
     from diffusers.hooks import HookRegistry
 
+    for sub in module.modules():  # diffusers' hook refuses removal (NotImplementedError); its weights are in their
+        registry = getattr(sub, "_diffusers_hook", None)  # storage dtype between calls, which is what set_compute_dtype keeps
+        hook = registry.get_hook("layerwise_casting") if registry is not None else None
+        if hook is not None:
+            hook.deinitalize_hook = lambda m: m
     HookRegistry.check_if_exists_or_initialize(module).remove_hook("layerwise_casting", recurse=True)
 
 
@@ -198,7 +203,10 @@ def unprotect_fp16(module: torch.nn.Module) -> None:
 def check_finite(tensor: torch.Tensor, step: int, total: int, dtype: torch.dtype, what: str = "transformer") -> None:
     """A NaN or inf in a step's output is an error, never a black picture."""
     if not torch.isfinite(tensor).all():
-        how = "set the loader's compute_dtype to fp32" if dtype == torch.float16 else "check the model file (it may be corrupt) or use compute_dtype fp32"
+        if dtype == torch.float16:
+            how = "set the loader's compute_dtype to fp32"
+        else:  # fp32 cannot be the cause when it already computes in fp32
+            how = "check the model file (it may be corrupt)" + (" or use compute_dtype fp32" if dtype != torch.float32 else ": download it again")
         raise ZImageInputError(
             f"{what} output", f"NaN or inf values{f' at step {step + 1} of {total}' if total > 1 else ''}, computing in {describe(dtype)}",
             "finite values", how,

@@ -114,7 +114,8 @@ def load_controlnet(path: str, weight_dtype: str | torch.dtype = "default", offl
     state = convert_z_image_controlnet_checkpoint_to_diffusers(state, config)
     storage = requested or next(v.dtype for k, v in state.items() if k.endswith("to_q.weight"))
     compute = compute_dtype_for(storage)
-    state = {k: (v if (storage in FP8_DTYPES and v.dtype in FP8_DTYPES) else v.to(compute)) for k, v in state.items()}
+    # fp8: the file's tensors as they are; store_narrow rounds each Linear to fp8 once (not through bf16 first)
+    state = {k: (v if storage in FP8_DTYPES else v.to(compute)) for k, v in state.items()}
     with torch.device("meta"):
         module = ZImageControlNetModel(**config)
     expected = set(module.state_dict())

@@ -221,6 +221,13 @@ def is_offloaded(module: torch.nn.Module) -> bool:
     return _placement(module).mode != "full"
 
 
+def onload_device(module: torch.nn.Module) -> torch.device | None:
+    """The device an offloaded module computes on (its weights sit on the CPU between calls); None
+    when it is not offloaded."""
+    state = _placement(module)
+    return state.device if state.mode != "full" else None
+
+
 def remove_offloading(module: torch.nn.Module) -> None:
     """Take diffusers' group-offloading hooks off (the weights end up on the CPU)."""
     if not is_offloaded(module):

@@ -27,7 +27,7 @@ from .dtypes import FP8_DTYPES, compute_dtype_for, parse_weight_dtype
 from .errors import ZImageInputError
 from .model_files import describe_foreign_keys, strip_prefix
 from .quantized import install, quantized_layers
-from .residency import pick_device
+from .residency import onload_device, pick_device
 from . import twinflow
 from .safetensors_io import diffusers_component_folder, open_safetensors, require_file, stored_dtype
 from .weight_files import read_weights
@@ -68,7 +68,9 @@ class ZImageTransformer:
 
     @property
     def device(self) -> torch.device:
-        return self.module.x_pad_token.device
+        """Where it computes: under block / leaf offloading the weights wait on the CPU between calls,
+        and the inputs go to the offloading's onload device."""
+        return onload_device(self.module) or self.module.x_pad_token.device
 
     @property
     def cap_feat_dim(self) -> int:

@@ -140,7 +140,7 @@ def decode(vae: ZImageVAE, raw_latent: torch.Tensor, tile_size: int = 0) -> torc
         pixels = model.tiled_decode(z, return_dict=False)[0]
     else:
         pixels = model.decode(z, return_dict=False)[0]
-    check_finite(pixels, 0, 1, vae.dtype, "VAE decode")
+    check_finite(pixels, 0, 1, vae.dtype, f"VAE '{os.path.basename(vae.source)}' decode")
     return ((pixels.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu()
 
 
@@ -154,7 +154,9 @@ def encode(vae: ZImageVAE, image: torch.Tensor, tile_size: int = 0) -> torch.Ten
         dist = model.tiled_encode(pixels, return_dict=False)[0]
     else:
         dist = model.encode(pixels, return_dict=False)[0]
-    return dist.mode().float().cpu()
+    latent = dist.mode()
+    check_finite(latent, 0, 1, vae.dtype, f"VAE '{os.path.basename(vae.source)}' encode")
+    return latent.float().cpu()
 
 
 def _set_tiling(model: AutoencoderKL, tile_size: int, downscale: int) -> None:

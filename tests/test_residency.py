@@ -121,3 +121,144 @@ def test_auto_counts_the_memory_other_models_could_give_back(monkeypatch):
     room = residency.room_for(model, GPU)
     assert room == 15 * GiB and residency.choose_mode(model, room, act) == "full"
     assert residency.room_for(model, GPU, keep=(encoder,)) == 7 * GiB  # what the same run keeps stays
+
+
+# ------------------------------------------------------------------ offloading re-armed after a weight change
+
+
+def _stream_like_host_copies(monkeypatch):
+    """What CUDA streams change in diffusers' group offloading, as far as the weights go, brought to
+    the CPU (where diffusers refuses streams): each group copies its tensors when offloading is
+    applied (the pinned host copies) and onloads / offloads those copies, not the parameters'
+    current tensors. A weight the pack replaces afterwards is then invisible until offloading is
+    applied again."""
+    from diffusers.hooks import group_offloading as go
+
+    original_init = go.ModuleGroup.__init__
+
+    def tensors(group):
+        found = [t for m in group.modules for t in list(m.parameters()) + list(m.buffers())]
+        return found + list(group.parameters) + list(group.buffers)
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.host_copies = {t: t.data.clone() for t in tensors(self)}
+
+    def from_copies(self):
+        for tensor, copy in self.host_copies.items():
+            tensor.data = copy.to(self.onload_device)  # the stream path: param.data = pinned.to(device)
+
+    def to_copies(self):
+        for tensor, copy in self.host_copies.items():
+            tensor.data = copy  # the stream path: param.data = cpu_param_dict[param]
+
+    monkeypatch.setattr(go.ModuleGroup, "__init__", init)
+    monkeypatch.setattr(go.ModuleGroup, "onload_", from_copies)
+    monkeypatch.setattr(go.ModuleGroup, "offload_", to_copies)
+
+
+def _lora_and_two_step(tmp_path):
+    """A LoRA on step 1 and a second transformer's tensors for step 2 (one shared module), as the
+    2-step sampler runs them, and the to_q weight of layer 0 each step must compute with."""
+    from zimage_pack.loaders import demo_loras
+    from zimage_pack.loaders import demo_models as dm
+    from zimage_pack.loaders.lora_merge import prepare_lora
+    from zimage_pack.loaders.step_decoupled import from_models
+    from zimage_pack.loaders.transformer import ZImageTransformer
+
+    base = ZImageTransformer(dm.make_transformer(seed=0), torch.float32, torch.float32, "step1.safetensors")
+    other = ZImageTransformer(dm.make_transformer(seed=5), torch.float32, torch.float32, "step2.safetensors")
+    delta = demo_loras.write_lora(base.module, str(tmp_path / "lora.safetensors"), "ai-toolkit")
+    step1 = base.with_lora(prepare_lora(base.module, str(tmp_path / "lora.safetensors"), 1.0)[0])
+    name = "layers.0.attention.to_q.weight"
+    wanted = [base.module.get_parameter(name).detach().clone() + delta[name], other.module.get_parameter(name).detach().clone()]
+    return from_models(step1, other), wanted
+
+
+def _run_recording_to_q(model, features, latent):
+    from zimage_pack.loaders.step_decoupled import StepSettings
+    from zimage_pack.samplers.two_step import sample_two_step
+
+    seen = []
+    layer = model.module.layers[0].attention.to_q
+    handle = layer.register_forward_pre_hook(lambda m, args: seen.append(m.weight.detach().clone()))
+    try:
+        final, _ = sample_two_step(model, features, latent, 3, StepSettings())
+    finally:
+        handle.remove()
+    return final, seen
+
+
+def _rearms(monkeypatch):
+    from diffusers.hooks import group_offloading as go
+
+    calls = []
+    original = go._maybe_remove_and_reapply_group_offloading
+    monkeypatch.setattr(go, "_maybe_remove_and_reapply_group_offloading", lambda m: calls.append(1) or original(m))
+    return calls
+
+
+def test_block_offload_is_rearmed_after_a_lora_and_a_parameter_swap(monkeypatch, tmp_path):
+    """What this shows on the CPU: whenever a LoRA merge or a per-step swap changes the weights, the
+    pack applies diffusers' group offloading again (and only then), and each step's layers compute
+    with that step's weights, equal to a run without offloading, even when groups onload host copies
+    taken when offloading was applied, as they do with CUDA streams (emulated above). What it cannot
+    show: real streams, pinned memory and their timing; bench/gpu_offload_rearm.py checks those on a GPU."""
+    from zimage_pack.loaders.residency import apply_offloading, remove_offloading
+
+    _stream_like_host_copies(monkeypatch)
+    rearms = _rearms(monkeypatch)
+    model, wanted = _lora_and_two_step(tmp_path)
+    features, latent = [torch.randn(5, 32, generator=torch.Generator().manual_seed(0))], torch.zeros(1, 16, 8, 8)
+    want, seen = _run_recording_to_q(model, features, latent)
+    assert len(seen) == 2 and torch.equal(seen[0], wanted[0]) and torch.equal(seen[1], wanted[1])
+    assert rearms == []  # not offloaded: nothing to re-arm
+
+    apply_offloading(model.module, "block_offload", torch.device("cpu"))
+    try:
+        got, seen = _run_recording_to_q(model, features, latent)
+        assert len(rearms) == 2  # step 1 back to the file's tensors + LoRA, then step 2's tensors
+        assert torch.equal(seen[0], wanted[0]) and torch.equal(seen[1], wanted[1])
+        assert torch.equal(got, want)
+        from zimage_pack.loaders.param_sets import prepare_weights
+
+        prepare_weights(model.steps[1])  # already step 2's weights: no re-arm (it re-pins host copies)
+        assert len(rearms) == 2
+    finally:
+        remove_offloading(model.module)
+
+
+def test_without_the_rearm_the_stream_like_groups_compute_with_stale_weights(monkeypatch, tmp_path):
+    """The emulation above can fail: with the re-arm taken out, step 1 computes with the tensors the
+    groups copied when offloading was applied (step 2's, where the previous run ended)."""
+    from zimage_pack.loaders import param_sets
+    from zimage_pack.loaders.residency import apply_offloading, remove_offloading
+
+    _stream_like_host_copies(monkeypatch)
+    model, wanted = _lora_and_two_step(tmp_path)
+    features, latent = [torch.randn(5, 32, generator=torch.Generator().manual_seed(0))], torch.zeros(1, 16, 8, 8)
+    want, _ = _run_recording_to_q(model, features, latent)
+    monkeypatch.setattr(param_sets, "weights_changed", lambda module: None)
+    apply_offloading(model.module, "block_offload", torch.device("cpu"))
+    try:
+        got, seen = _run_recording_to_q(model, features, latent)
+    finally:
+        remove_offloading(model.module)
+    assert not torch.equal(seen[0], wanted[0]) and not torch.equal(got, want)
+
+
+def test_an_offloaded_transformer_takes_its_inputs_on_the_onload_device():
+    """Under block offloading on a GPU the weights wait on the CPU between calls (so the module's own
+    tensors say "cpu"); the samplers must still put the latent where the blocks compute, or the
+    first Euler step would add a CPU latent to a GPU velocity. Only the recorded placement is faked
+    here (what apply_offloading records on a GPU); bench/gpu_offload_rearm.py runs it on one."""
+    from zimage_pack.loaders import demo_models as dm
+    from zimage_pack.loaders.transformer import ZImageTransformer
+
+    model = ZImageTransformer(dm.make_transformer(seed=0), torch.float32, torch.float32, "t")
+    assert model.device.type == "cpu"
+    state = residency._placement(model.module)
+    state.mode, state.device = "block_offload", GPU
+    assert model.device == GPU and model.module.x_pad_token.device.type == "cpu"
+    state.mode, state.device = "full", None
+    assert model.device.type == "cpu"

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from zimage_pack.loaders import demo_models as dm
 from zimage_pack.loaders import demo_quantized as dq
 from zimage_pack.loaders.errors import ZImageInputError
+from zimage_pack.loaders.quantized import quantized_layers
 from zimage_pack.loaders.transformer import load_transformer
 from zimage_pack.loaders.twinflow import is_twinflow
 from zimage_pack.samplers.latents import to_raw_space
@@ -38,12 +39,33 @@ def twin_files(twin, tmp_path_factory):
 
 @pytest.mark.parametrize("layout", ["plain", "prefixed", "folder", "gguf"])
 def test_twinflow_loads_from_every_layout(twin, twin_files, layout):
+    """Every tensor, t_embedder_2's included. The float32 layouts hold the model's own values: bit-identical
+    (tolerance 0). The Q8_0 GGUF: each quantised weight within Q8_0's bound, per block of 32 with d = its
+    largest |w| / 127, |error| <= (1/2 + 2·127·2^-11)·d (rounding to the nearest multiple of d, the scale
+    stored in fp16, the product d·q taken in fp16 as diffusers / ComfyUI-GGUF dequantise); its F32 tensors
+    are held in bf16, the compute dtype of a quantised file: exactly the bf16 rounding of the originals."""
     loaded = load_transformer(twin_files[layout])
     assert is_twinflow(loaded.module) and "TwinFlow" in loaded.describe()
-    want = twin.t_embedder_2.mlp[0].weight
-    got = loaded.module.t_embedder_2.mlp[0]
-    got = got.dequantized(torch.float32) if hasattr(got, "dequantized") else got.weight.float()
-    assert torch.allclose(got, want, atol=2e-2 * want.abs().max().item())  # exact but for Q8_0 rounding
+    want = twin.state_dict()
+    quantised = quantized_layers(loaded.module)
+    got = {k: v for k, v in loaded.module.state_dict().items() if k.rpartition(".")[0] not in quantised}
+    got.update({f"{name}.weight": layer.dequantized(torch.float32) for name, layer in quantised.items()})
+    got.update({f"{name}.bias": layer.bias for name, layer in quantised.items() if layer.bias is not None})
+    assert set(got) == set(want)
+    if layout != "gguf":
+        assert not quantised
+        for key, value in want.items():
+            assert got[key].dtype == torch.float32 and torch.equal(got[key], value), key
+        return
+    assert "t_embedder_2.mlp.0" in quantised and "t_embedder_2.mlp.2" in quantised
+    for key, value in want.items():
+        if key.removesuffix(".weight") in quantised:
+            blocks = value.reshape(value.shape[0], -1, 32)
+            d = blocks.abs().amax(-1, keepdim=True) / 127
+            error = (got[key].reshape(blocks.shape) - blocks).abs()
+            assert (error <= (0.5 + 2 * 127 * 2.0 ** -11) * d).all(), key
+        else:
+            assert got[key].dtype == torch.bfloat16 and torch.equal(got[key], value.bfloat16()), key
 
 
 def test_plain_z_image_is_not_twinflow(model_files):
