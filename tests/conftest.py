@@ -172,9 +172,13 @@ def real_named_models(tmp_path, tiny_transformer, tiny_text_encoder, tiny_vae, t
         dm.write_controlnet(dm.make_controlnet(version, seed=5), str(tmp_path / "model_patches" / name))
     from zimage_pack.workflows.native_nodes import LoadImage
 
-    import shutil
+    # the example pictures the ControlNet workflows ship, at 128 px: the same content, a sixty-fourth of the pixels
+    from PIL import Image
 
-    shutil.copytree(build.INPUT_DIR, tmp_path / "input")  # the example pictures the ControlNet workflows ship
+    (tmp_path / "input").mkdir()
+    for name in os.listdir(build.INPUT_DIR):
+        with Image.open(os.path.join(build.INPUT_DIR, name)) as picture:
+            picture.resize((128, 128), Image.LANCZOS).save(tmp_path / "input" / name)
     monkeypatch.setattr(LoadImage, "input_dir", str(tmp_path / "input"))
     monkeypatch.setattr(comfy_services, "_standalone_root", str(tmp_path))
     monkeypatch.setenv("ZIMAGE_TOKENIZER_DIR", tokenizer_dir)

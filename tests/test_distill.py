@@ -2,6 +2,7 @@
 (step 1 through step 2), a resumed run equals an uninterrupted one, the teacher cache is the pack's
 own 8-step run, and what it writes (per-step LoRAs, bundle) reproduces its 2-step output in the pack."""
 
+import json
 import os
 
 import pytest
@@ -336,3 +337,24 @@ def test_the_command_trains_a_quantised_teacher_writes_its_outputs_and_resumes(t
     assert main(args + ["--steps", "6"]) == 0
     assert "resumed at step 4" in capsys.readouterr().err
     assert len((out / "train_log.jsonl").read_text().splitlines()) == 6
+
+
+def test_a_cache_or_checkpoint_made_with_another_teacher_is_not_reused(teacher_files, tmp_path):
+    """The cache key and the checkpoint's settings hold which teacher and text encoder made them
+    (files_identity): the same --out with another teacher remakes the cache and refuses to resume."""
+    from safetensors import safe_open
+
+    from zimage_pack.train.distill import files_identity
+
+    transformer, encoder, _ = teacher_files
+    other = tmp_path / "other_teacher.safetensors"
+    other.write_bytes(open(transformer, "rb").read()[:-8] + b"\x00" * 8)
+    first, second = files_identity(transformer, encoder), files_identity(str(other), encoder)
+    assert first != second and first == files_identity(transformer, encoder)
+    trainer = _trainer(teacher_files, tmp_path / "out", steps=2, w_adv=0.0, models=first)
+    trainer.train(progress=False)
+    cache = tmp_path / "out" / "teacher_cache.safetensors"
+    with pytest.raises(ValueError, match=r"other settings \(models\)"):
+        _trainer(teacher_files, tmp_path / "out", steps=2, w_adv=0.0, models=second)
+    with safe_open(str(cache), "pt") as handle:
+        assert json.loads(handle.metadata()["key"])["models"] == second  # the cache was made again for the other teacher

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from .distill import DistillConfig, Trainer
+from .distill import DistillConfig, Trainer, files_identity
 from .outputs import write_bundle, write_loras, write_summary
 
 BUNDLE_NAME = "z_image_2step_bundle.safetensors"
@@ -59,7 +59,8 @@ def config_from_args(args, prompts: list[str]) -> DistillConfig:
                          steps=args.steps, batch=args.batch, rank=args.rank, lr=args.lr, lr_disc=args.lr_disc, w_final=args.w_final,
                          w_step1=args.w_step1, w_adv=args.w_adv, adv_start=args.adv_start, decoupled=not args.shared_lora,
                          teacher_steps=args.teacher_steps, shift=args.shift, sigma_mid=args.sigma_mid, step2_rule=args.step2_rule,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing)
+                         checkpoint_every=args.checkpoint_every, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
+                         models=files_identity(args.teacher, args.text_encoder))
 
 
 def load_models(teacher: str, text_encoder: str, tokenizer: str, weight_dtype: str, device: torch.device):

@@ -19,6 +19,8 @@ shift(σ_mid), 0 and the step-2 rule; the output LoRAs and bundle run there unch
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import math
 import os
@@ -71,6 +73,7 @@ class DistillConfig:
     checkpoint_every: int = 100
     seed: int = 0
     gradient_checkpointing: bool = False
+    models: str = ""  # which teacher and text encoder (files_identity): a cache or checkpoint of others is not reused
 
     def settings(self) -> StepSettings:
         return StepSettings(sigma_mid=self.sigma_mid, shift=self.shift, step2_rule=self.step2_rule).check()
@@ -255,12 +258,29 @@ class Discriminator(torch.nn.Module):
 
 # --- the teacher cache ----------------------------------------------------------------------------
 
+def files_identity(*paths: str) -> str:
+    """A short fingerprint of model files or folders: each file's size and its first and last MiB
+    (reading 12 GB to tell two teachers apart is not needed; a copy of the same file keeps it)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        files = sorted(glob.glob(os.path.join(path, "**", "*.safetensors"), recursive=True)) if os.path.isdir(path) else [path]
+        for name in files:
+            size = os.path.getsize(name)
+            digest.update(f"{os.path.basename(name)}:{size}".encode())
+            with open(name, "rb") as handle:
+                digest.update(handle.read(2**20))
+                handle.seek(max(0, size - 2**20))
+                digest.update(handle.read(2**20))
+    return digest.hexdigest()[:16]
+
+
 def build_cache(config: DistillConfig, module, encode, log=print) -> dict:
     """The teacher's samples (noise, state at σ_mid, x0) for every prompt × sample, made once into
     ``out/teacher_cache.safetensors`` and reused while the settings are the same."""
     path = os.path.join(config.out, "teacher_cache.safetensors")
     key = json.dumps({"prompts": config.prompts, "size": [config.width, config.height], "samples": config.samples_per_prompt,
-                      "steps": config.teacher_steps, "shift": config.shift, "sigma_mid": config.sigma_mid, "seed": config.seed})
+                      "steps": config.teacher_steps, "shift": config.shift, "sigma_mid": config.sigma_mid, "seed": config.seed,
+                      "models": config.models})
     if os.path.exists(path):
         from safetensors import safe_open
 
@@ -339,7 +359,8 @@ class Trainer:
         mine = {k: v for k, v in asdict(self.config).items() if k not in ("steps", "checkpoint_every")}
         theirs = {k: v for k, v in state["config"].items() if k not in ("steps", "checkpoint_every")}
         if json.dumps(mine, sort_keys=True, default=list) != json.dumps(theirs, sort_keys=True, default=list):
-            raise ValueError(f"{self.checkpoint_path} was made with other settings; use another --out or delete it to start over")
+            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ValueError(f"{self.checkpoint_path} was made with other settings ({', '.join(differ)}); use another --out or delete it to start over")
         with torch.no_grad():
             for p, saved in zip(self.params, state["lora"]):
                 p.copy_(saved)

@@ -125,7 +125,7 @@ def write_toy_tokenizer(folder: str) -> str:
 
 
 def write_toy_models(folder: str, seed: int = 0, vae_steps: int = 2000, transformer_steps: int = 4000,
-                     only_transformer: bool = False, log=print) -> dict:
+                     only_transformer: bool = False, log=print, transformer_data: int = 6000) -> dict:
     """All the files from ``seed`` (``only_transformer``: keep the text encoder and VAE already in ``folder``)."""
     from ..loaders.text_encoder import load_text_encoder
 
@@ -141,7 +141,7 @@ def write_toy_models(folder: str, seed: int = 0, vae_steps: int = 2000, transfor
     from ..loaders.vae import load_vae
 
     vae = load_vae(paths["vae"], compute_dtype="fp32").model  # the stored (bf16) weights, as the pack will use them
-    model = train_transformer(vae, features, seed, transformer_steps, log=log)
+    model = train_transformer(vae, features, seed, transformer_steps, data=transformer_data, log=log)
     dm.write_transformer(model.to(torch.bfloat16), paths["transformer"])
     return paths
 
