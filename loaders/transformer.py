@@ -143,11 +143,9 @@ def _load_single_file(path: str, requested: torch.dtype | None) -> ZImageTransfo
         return _load_quantized(path, weights, requested)
     state = weights.plain
     storage = requested or file_dtype
-    compute = compute_dtype_for(storage)
-    if storage in FP8_DTYPES:
-        # keep fp8 tensors as they are; layerwise casting below stores the rest in fp8 too
-        state = {k: (v if v.dtype in FP8_DTYPES else v.to(compute)) for k, v in state.items()}
-    else:
+    # fp8: the file's tensors as they are (memory-mapped); layerwise casting below rounds each Linear to
+    # fp8 once — going through bf16 first would put 2.6 % of an fp32 file's values one fp8 step off
+    if storage not in FP8_DTYPES:
         state = {k: v.to(storage) for k, v in state.items()}
     config = config_from_state_dict(state, path)
     module = _meta_module(config, state, path)

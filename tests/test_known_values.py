@@ -77,3 +77,17 @@ def test_quantised_text_encoder_features_equal_the_files_dequantised_values(enco
     # the quantisation is seen: the unquantised encoder's features are percents away
     plain = encode_prompts(load_text_encoder(dm.write_text_encoder(tiny_text_encoder, str(encoder_files["root"] / "plain.safetensors")), tokenizer_dir, "bf16"), PROMPTS)
     assert max(float((p.float() - w.float()).norm() / w.float().norm()) for p, w in zip(plain, want)) > 1e-3
+
+
+def test_an_fp32_transformer_held_in_fp8_is_rounded_once(model_files):
+    """weight_dtype fp8 on a float32 file: each Linear weight is the file's value rounded to fp8 once
+    (through bf16 first, a few percent of the values would land one fp8 step off)."""
+    from safetensors.torch import load_file
+
+    from zimage_pack.loaders.transformer import load_transformer
+
+    loaded = load_transformer(model_files["diffusers_single"], weight_dtype="fp8_e4m3fn")
+    original = load_file(model_files["diffusers_single"])
+    weight = loaded.module.layers[0].feed_forward.w1.weight
+    assert weight.dtype == torch.float8_e4m3fn and original["layers.0.feed_forward.w1.weight"].dtype == torch.float32
+    assert torch.equal(weight.float(), original["layers.0.feed_forward.w1.weight"].to(torch.float8_e4m3fn).float())
