@@ -233,6 +233,32 @@ def resolve(group: LoraGroup, table: dict[str, list[Target]]) -> list[Target] | 
     return table.get(key) or table.get(key.lower()) or table.get(key.replace(".", "_").lower())
 
 
+def match_groups(lora: LoraFile, locate) -> tuple[list, list[str], list[tuple[str, str]]]:
+    """Every group of ``lora`` matched onto a model: ``locate(group)`` gives (target, the weight shape the
+    group must fit) or None. Returns ([(group, target)], keys applied, [(key, why not applied)]); a file of
+    which nothing matches is refused (naming another model family when it looks like one)."""
+    resolved, applied, not_applied = [], [], [(k, "unrecognised tensor name") for k in lora.unknown_keys]
+    for group in lora.groups:
+        found = None if group.kind == "incomplete" else locate(group)
+        if group.kind == "incomplete":
+            reason = f"incomplete LoRA layer (has only {sorted(group.tensors)})"
+        elif found is None:
+            reason = "no Z-Image layer of that name"
+        elif found[1] is None or tuple(delta_shape(group)) != tuple(found[1]):
+            reason = f"shape {tuple(delta_shape(group))} does not fit the model's {found[1]} (a LoRA for another model size?)"
+        else:
+            resolved.append((group, found[0]))
+            applied += group.source_keys
+            continue
+        not_applied += [(k, reason) for k in group.source_keys]
+    if not resolved:
+        keys = [k for g in lora.groups for k in g.source_keys] + lora.unknown_keys
+        other = looks_like_other_family(keys)
+        found = f"'{lora.name}' looks like {other}" if other else f"'{lora.name}' with no key that matches a Z-Image layer (e.g. {keys[:2]})"
+        raise ZImageInputError(WHAT, found, "a LoRA trained for Z-Image (Turbo or Base)", "pick a Z-Image LoRA; LoRAs of other model families do not apply")
+    return resolved, applied, not_applied
+
+
 def looks_like_other_family(keys: list[str]) -> str | None:
     for looks_like, fragments in _FAMILIES:
         if any(f in k for k in keys for f in fragments):

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ZImageInputError
 from .module_state import attached
 from .quantized import ComputePatch, QuantizedLinear
-from .lora_files import WHAT, LoraFile, Target, delta_shape, group_delta, looks_like_other_family, lora_factors, read_lora, resolve, target_table
+from .lora_files import LoraFile, Target, group_delta, lora_factors, match_groups, read_lora, resolve, target_table
 
 log = logging.getLogger("zimage")
 
@@ -60,29 +59,15 @@ def prepare_lora(module: torch.nn.Module, path: str, strength: float) -> tuple[L
     """Read a LoRA file and resolve every key against ``module``; nothing is changed yet."""
     lora = read_lora(path)
     table = target_table(module)
-    resolved, applied, not_applied = [], [], [(k, "unrecognised tensor name") for k in lora.unknown_keys]
-    for group in lora.groups:
+
+    def locate(group):
         targets = resolve(group, table)
-        reason = None
-        if group.kind == "incomplete":
-            reason = f"incomplete LoRA layer (has only {sorted(group.tensors)})"
-        elif targets is None:
-            reason = "no Z-Image layer of that name"
-        else:
-            rows = sum((t.rows[1] - t.rows[0]) if t.rows else _weight_shape(module, t.param)[0] for t in targets)
-            want = (rows, _weight_shape(module, targets[0].param)[1])
-            if tuple(delta_shape(group)) != want:
-                reason = f"shape {tuple(delta_shape(group))} does not fit the model's {want} (a LoRA for another model size?)"
-        if reason:
-            not_applied += [(k, reason) for k in group.source_keys]
-        else:
-            resolved.append((group, tuple(targets)))
-            applied += group.source_keys
-    if not resolved:
-        keys = [k for g in lora.groups for k in g.source_keys] + lora.unknown_keys
-        other = looks_like_other_family(keys)
-        found = f"'{lora.name}' looks like {other}" if other else f"'{lora.name}' with no key that matches a Z-Image layer (e.g. {keys[:2]})"
-        raise ZImageInputError(WHAT, found, "a LoRA trained for Z-Image (Turbo or Base)", "pick a Z-Image LoRA; LoRAs of other model families do not apply")
+        if targets is None:
+            return None
+        rows = sum((t.rows[1] - t.rows[0]) if t.rows else _weight_shape(module, t.param)[0] for t in targets)
+        return tuple(targets), (rows, _weight_shape(module, targets[0].param)[1])
+
+    resolved, applied, not_applied = match_groups(lora, locate)
     stat = os.stat(path)
     patch = LoraPatch((os.path.abspath(path), stat.st_size, stat.st_mtime_ns), float(strength), lora, tuple(resolved))
     report = LoraReport(lora.name, lora.format, applied, not_applied)

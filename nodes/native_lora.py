@@ -17,8 +17,7 @@ import os
 
 import comfy.lora
 
-from ..loaders.errors import ZImageInputError
-from ..loaders.lora_files import WHAT, delta_shape, lokr_rank, lokr_scale, looks_like_other_family, read_lora, strip_lora_prefixes
+from ..loaders.lora_files import lokr_rank, lokr_scale, match_groups, read_lora, strip_lora_prefixes
 from ..loaders.lora_merge import LoraReport
 
 log = logging.getLogger("zimage")
@@ -67,33 +66,15 @@ def lora_patches(model, path: str) -> tuple[dict, LoraReport]:
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     table = comfy_name_table(key_map)
     shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
-    converted, to_load, applied = {}, {}, []
-    not_applied = [(k, "unrecognised tensor name") for k in lora.unknown_keys]
-    for group in lora.groups:
+
+    def locate(group):
         key = group.module_key
         name = table.get(key) or table.get(key.lower()) or table.get(key.replace(".", "_").lower())
-        reason = None
-        if group.kind == "incomplete":
-            reason = f"incomplete LoRA layer (has only {sorted(group.tensors)})"
-        elif name is None:
-            reason = "no Z-Image layer of that name"
-        else:
-            want = _target_shape(key_map[name], shapes)
-            if want is None or tuple(delta_shape(group)) != want:
-                reason = f"shape {tuple(delta_shape(group))} does not fit the model's {want} (a LoRA for another model size?)"
-        if reason:
-            not_applied += [(k, reason) for k in group.source_keys]
-            continue
-        for role, tensor in _comfy_tensors(group).items():
-            converted[name + _COMFY_SUFFIX[role]] = tensor
-        to_load[name] = key_map[name]
-        applied += group.source_keys
-    if not to_load:
-        keys = [k for g in lora.groups for k in g.source_keys] + lora.unknown_keys
-        other = looks_like_other_family(keys)
-        found = f"'{lora.name}' looks like {other}" if other else f"'{lora.name}' with no key that matches a Z-Image layer (e.g. {keys[:2]})"
-        raise ZImageInputError(WHAT, found, "a LoRA trained for Z-Image (Turbo or Base)", "pick a Z-Image LoRA; LoRAs of other model families do not apply")
-    patches = comfy.lora.load_lora(converted, to_load, log_missing=False)
+        return None if name is None else (name, _target_shape(key_map[name], shapes))
+
+    resolved, applied, not_applied = match_groups(lora, locate)
+    converted = {name + _COMFY_SUFFIX[role]: tensor for group, name in resolved for role, tensor in _comfy_tensors(group).items()}
+    patches = comfy.lora.load_lora(converted, {name: key_map[name] for _, name in resolved}, log_missing=False)
     report = LoraReport(os.path.basename(path), lora.format, applied, not_applied)
     log.info("Z-Image LoRA %s", report.text())
     return patches, report

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from zimage_pack.client.cli import main as queue_main
-from zimage_pack.client.runner import Runner, RowsRejected
+from zimage_pack.client.runner import Runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

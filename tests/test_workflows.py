@@ -10,10 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zimage_pack.loaders import demo_models as dm
 from zimage_pack.workflows import build
 from zimage_pack.workflows.headless import run_prompt, ui_to_api, validate_prompt
-from zimage_pack.workflows.native_nodes import SaveImage
 
 WORKFLOW_DIR = build.EXAMPLES_DIR
 API_FILES = sorted(glob.glob(os.path.join(build.API_DIR, "*_api.json")))
