@@ -19,7 +19,14 @@ from .errors import ZImageInputError
 from .json_text import parse_json
 
 _SAMPLERS = {"ZImageTurboSampler": "Z-Image Turbo (flow Euler)", "ZImageTwoStepSampler": "Z-Image 2-step",
-             "ZImageTwinFlowSampler": "TwinFlow", "KSampler": "KSampler", "ZImagePromptListGenerate": "Z-Image Turbo (flow Euler)"}
+             "ZImageTwinFlowSampler": "TwinFlow", "KSampler": "KSampler", "KSamplerAdvanced": "KSampler",
+             "ZImagePromptListGenerate": "Z-Image Turbo (flow Euler)"}
+# native model loaders: node → (its file input, the models folder)
+_MODEL_LOADERS = {"ZImageTransformerLoader": ("model_name", "diffusion_models"), "UNETLoader": ("unet_name", "diffusion_models"),
+                  "CheckpointLoaderSimple": ("ckpt_name", "checkpoints")}
+# LoRA nodes: node → (file input, strength input)
+_LORA_NODES = {"ZImageLoraLoader": ("lora_name", "strength"), "LoraLoader": ("lora_name", "strength_model"),
+               "LoraLoaderModelOnly": ("lora_name", "strength_model")}
 _HASHES: dict[tuple, str] = {}
 EXIF_MODEL, EXIF_MAKE, EXIF_IFD, EXIF_USER_COMMENT = 0x0110, 0x010F, 0x8769, 0x9286
 
@@ -90,9 +97,11 @@ def generation_parameters(graph: dict, image_node: str, path_of: Callable[[str, 
     sampler_id, sampler = found
     inputs = sampler["inputs"]
     params["sampler"] = _SAMPLERS[sampler["class_type"]]
-    for key in ("seed", "steps", "nfe", "cfg", "shift", "denoise", "sigma_mid", "step2_rule", "stochastic_ratio"):
+    for key in ("seed", "steps", "nfe", "cfg", "shift", "denoise", "sigma_mid", "step2_rule", "stochastic_ratio", "sampler_name", "scheduler"):
         if key in inputs and not isinstance(inputs[key], list):
             params[key] = inputs[key]
+    if "noise_seed" in inputs and not isinstance(inputs["noise_seed"], list):  # KSamplerAdvanced
+        params["seed"] = inputs["noise_seed"]
     params["prompt"] = _text(graph, inputs.get("positive")) or ""
     negative = _text(graph, inputs.get("negative")) if "negative" in inputs else None
     if negative is not None:
@@ -109,12 +118,20 @@ def generation_parameters(graph: dict, image_node: str, path_of: Callable[[str, 
             continue
         _, node = found
         kind, node_inputs = node.get("class_type"), node.get("inputs", {})
-        if kind == "ZImageTransformerLoader":
-            params["model"] = node_inputs.get("model_name")
-            params["model_hash"] = _hash(path_of, "diffusion_models", params["model"])
+        if kind in _MODEL_LOADERS:
+            name_input, folder = _MODEL_LOADERS[kind]
+            params["model"] = node_inputs.get(name_input)
+            params["model_hash"] = _hash(path_of, folder, params["model"])
             continue
-        if kind == "ZImageLoraLoader":
-            params["loras"].append(_entry(path_of, "loras", node_inputs.get("lora_name"), node_inputs.get("strength")))
+        if kind in _LORA_NODES:
+            name_input, strength_input = _LORA_NODES[kind]
+            params["loras"].append(_entry(path_of, "loras", node_inputs.get(name_input), node_inputs.get(strength_input)))
+        if kind == "ModelSamplingAuraFlow" and "shift" not in params and not isinstance(node_inputs.get("shift"), list):
+            params["shift"] = node_inputs.get("shift")  # the native template's shift, on the MODEL
+        if kind == "ZImageFunControlnet":  # native ComfyUI's Fun ControlNet: a patch from ModelPatchLoader
+            patch = _source(graph, node_inputs.get("model_patch"))
+            name = patch[1]["inputs"].get("name") if patch else None
+            params["controlnets"].append({**_entry(path_of, "model_patches", name, node_inputs.get("strength")), "start": 0.0, "end": 1.0})
         if kind == "ZImageLoraStack":
             for i in range(1, 5):
                 name = node_inputs.get(f"lora_{i}")
@@ -151,7 +168,8 @@ def parameters_text(params: dict) -> str:
         lines.append(f"Negative prompt: {params['negative']}")
     fields = []
     steps = params.get("nfe", params.get("steps"))
-    for label, value in (("Steps", steps), ("Sampler", params.get("sampler")), ("CFG scale", params.get("cfg", 1.0) if steps else None),
+    for label, value in (("Steps", steps), ("Sampler", params.get("sampler_name", params.get("sampler"))), ("Schedule type", params.get("scheduler")),
+                         ("CFG scale", params.get("cfg", 1.0) if steps else None),
                          ("Seed", params.get("seed")), ("Size", "x".join(map(str, params["size"])) if "size" in params else None),
                          ("Shift", params.get("shift")), ("Denoising strength", params.get("denoise") if params.get("denoise", 1.0) != 1.0 else None),
                          ("Model hash", params.get("model_hash", "")[:10] or None), ("Model", params.get("model"))):

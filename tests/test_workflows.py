@@ -200,3 +200,46 @@ def test_templates_browser_lists_only_ui_workflows():
     for path in glob.glob(os.path.join(os.path.dirname(WORKFLOW_DIR), "*", "*.json")):
         if os.path.basename(os.path.dirname(path)) in ("example_workflows", "example", "examples", "workflow", "workflows"):
             assert "nodes" in json.load(open(path, encoding="utf-8")), f"{path} would be listed as a template but is not a UI workflow"
+
+
+def test_pictures_from_the_native_template_carry_its_models_loras_and_controlnet(tmp_path):
+    """Comfy-Org's Z-Image graph (UNETLoader → ModelSamplingAuraFlow → LoRAs → native Fun ControlNet →
+    KSampler): what Save Image writes names the files, their hashes, strengths, shift and sampler."""
+    import hashlib
+
+    from zimage_pack.loaders.image_metadata import generation_parameters, parameters_text
+
+    files = {}
+    for folder, name in (("diffusion_models", "z_image_turbo_bf16.safetensors"), ("loras", "style.safetensors"), ("loras", "detail.safetensors"),
+                         ("model_patches", "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors")):
+        path = tmp_path / folder / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(name.encode() * 3)
+        files[(folder, name)] = str(path)
+    graph = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": ["1", 0], "shift": 3.0}},
+        "3": {"class_type": "LoraLoader", "inputs": {"model": ["2", 0], "clip": ["9", 0], "lora_name": "style.safetensors", "strength_model": 0.7, "strength_clip": 1.0}},
+        "4": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["3", 0], "lora_name": "detail.safetensors", "strength_model": 0.4}},
+        "5": {"class_type": "ModelPatchLoader", "inputs": {"name": "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors"}},
+        "6": {"class_type": "ZImageFunControlnet", "inputs": {"model": ["4", 0], "model_patch": ["5", 0], "vae": ["10", 0], "strength": 0.9}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["9", 0], "text": "a lighthouse at dusk"}},
+        "8": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 1024, "height": 768, "batch_size": 1}},
+        "9": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2"}},
+        "10": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        "11": {"class_type": "KSampler", "inputs": {"model": ["6", 0], "positive": ["7", 0], "negative": ["7", 0], "latent_image": ["8", 0], "seed": 42,
+                                                   "steps": 8, "cfg": 1.0, "sampler_name": "res_multistep", "scheduler": "simple", "denoise": 1.0}},
+        "12": {"class_type": "VAEDecode", "inputs": {"samples": ["11", 0], "vae": ["10", 0]}},
+        "13": {"class_type": "ZImageSaveImage", "inputs": {"images": ["12", 0], "filename_prefix": "z", "format": "png"}},
+    }
+    params = generation_parameters(graph, "13", lambda folder, name: files.get((folder, name)))
+    digest = {key: hashlib.sha256(open(path, "rb").read()).hexdigest() for key, path in files.items()}
+    assert params["model"] == "z_image_turbo_bf16.safetensors" and params["model_hash"] == digest[("diffusion_models", "z_image_turbo_bf16.safetensors")]
+    assert [(e["name"], e["strength"], e["hash"]) for e in params["loras"]] == [
+        ("style.safetensors", 0.7, digest[("loras", "style.safetensors")]), ("detail.safetensors", 0.4, digest[("loras", "detail.safetensors")])]
+    assert params["controlnets"][0]["name"] == "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors" and params["controlnets"][0]["strength"] == 0.9
+    assert params["shift"] == 3.0 and params["seed"] == 42 and params["size"] == (1024, 768) and params["prompt"] == "a lighthouse at dusk"
+    text = parameters_text(params)
+    for fragment in ("Steps: 8", "Sampler: res_multistep", "Schedule type: simple", "Shift: 3.0", "Model: z_image_turbo_bf16.safetensors",
+                     'LoRAs: "style: 0.7, detail: 0.4"', "Z-Image-Turbo-Fun-Controlnet-Union-2.1: 0.9 (0.0-1.0)"):
+        assert fragment in text, (fragment, text)
