@@ -1,0 +1,112 @@
+"""Seconds per image on a native Z-Image MODEL, side by side in one ComfyUI process (run it with ComfyUI's
+Python, e.g. .venv-comfyui/bin/python; the ComfyUI is found as the tests find it: COMFYUI_DIR, the one the
+pack is installed in, or ../shared/comfyui):
+
+  - the pack's Turbo sampler (nodes/native_sampling.py) against native KSampler (euler, simple, cfg 1) on
+    the same MODEL, seed and conditioning — goal ≤ 1.02;
+  - the same sampling with a LoRA added by the pack (nodes/native_lora.py) against native
+    LoraLoaderModelOnly's (comfy.sd.load_lora_for_models) on the same file — goal ≤ 1.02.
+
+A thin real-width transformer (dim 3840, --layers main layers, the two refiners of each kind), random bf16
+weights. Pairs alternate their order; the ratio is the median over --repeats pairs.
+
+    python bench/comfyui/native_speed.py [--size 256] [--steps 8] [--layers 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+
+def _setup_comfyui():
+    from comfyui_harness import find_comfyui
+
+    comfyui = find_comfyui()
+    if comfyui is None:
+        sys.exit("no ComfyUI found: set COMFYUI_DIR")
+    sys.path.insert(0, str(comfyui))
+    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"] if "--gpu" not in sys.argv else [sys.argv[0]]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.model_management  # noqa: F401
+
+    sys.argv = argv
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("zimage_pack", os.path.join(ROOT, "__init__.py"), submodule_search_locations=[ROOT])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["zimage_pack"] = pack
+    spec.loader.exec_module(pack)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--gpu", action="store_true", help="leave ComfyUI's device choice on (default: --cpu)")
+    args = parser.parse_args()
+    _setup_comfyui()
+
+    import comfy.sample
+    import comfy.sd
+    import comfy.utils
+    import torch
+
+    from zimage_pack.loaders import demo_loras, demo_models as dm
+    from zimage_pack.nodes.native_lora import add_lora
+    from zimage_pack.nodes.native_sampling import sample_turbo
+
+    work = tempfile.mkdtemp(prefix="zimage_native_speed_")
+    thin = dict(dim=3840, n_layers=args.layers, n_refiner_layers=2, n_heads=30, n_kv_heads=30, cap_feat_dim=2560, axes_dims=[32, 48, 48])
+    module = dm.make_transformer(seed=0, **thin).to(torch.bfloat16)
+    path = dm.write_transformer(module, os.path.join(work, "z_image_thin_bf16.safetensors"), "comfy")
+    lora = os.path.join(work, "lora_comfy_names.safetensors")
+    demo_loras.write_lora(module, lora, "comfy", rank=64, seed=1)  # ComfyUI's own names: both loaders read it whole
+    del module
+    model = comfy.sd.load_diffusion_model(path)
+    positive = [[torch.randn(1, 64, 2560, generator=torch.Generator().manual_seed(2)), {}]]
+    latent = torch.zeros(1, 16, args.size // 8, args.size // 8)
+
+    def ksampler(m):
+        return comfy.sample.sample(m, comfy.sample.prepare_noise(latent, 7), args.steps, 1.0, "euler", "simple", positive, [], latent.clone(),
+                                   disable_pbar=True, seed=7)
+
+    def turbo(m):
+        return sample_turbo(m, positive, None, {"samples": latent.clone()}, seed=7, steps=args.steps, disable_pbar=True)["samples"]
+
+    native_lora, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(lora), 1.0, 0)
+    pack_lora, report = add_lora(model, lora, 1.0)
+    assert not report.not_applied, report.text()
+    rows = [("Turbo sampler / native KSampler", lambda: turbo(model), lambda: ksampler(model)),
+            ("LoRA: pack's patches / LoraLoaderModelOnly (KSampler)", lambda: ksampler(pack_lora), lambda: ksampler(native_lora))]
+    print(f"thin real-width Z-Image ({args.layers} main layers), {args.size}², {args.steps} steps, {args.repeats} pairs, "
+          f"device {comfy.model_management.get_torch_device()}")
+    for name, ours, theirs in rows:
+        ratios, same = [], None
+        for i in range(args.repeats):
+            order = [("ours", ours), ("theirs", theirs)] if i % 2 == 0 else [("theirs", theirs), ("ours", ours)]
+            times, outs = {}, {}
+            for label, run in order:
+                start = time.perf_counter()
+                outs[label] = run()
+                times[label] = time.perf_counter() - start
+            ratios.append(times["ours"] / times["theirs"])
+            same = (outs["ours"] - outs["theirs"]).abs().max().item()
+        ratio = statistics.median(ratios)
+        print(f"{name}: {ratio:.3f} (goal ≤ 1.02: {'met' if ratio <= 1.02 else 'NOT met'}); outputs differ by {same:.2e} max abs")
+
+
+if __name__ == "__main__":
+    main()
