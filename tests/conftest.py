@@ -148,39 +148,42 @@ def standalone_models(model_files, tokenizer_dir, monkeypatch):
 @pytest.fixture()
 def real_named_models(tmp_path, tiny_transformer, tiny_text_encoder, tiny_vae, tokenizer_dir, monkeypatch):
     """Tiny models saved under the names users download, in ComfyUI's folder layout."""
-
-    from zimage_pack.loaders import demo_models as dm
     from zimage_pack.nodes import comfy_services
-    from zimage_pack.workflows import build
-    from zimage_pack.workflows.native_nodes import SaveImage
+    from zimage_pack.workflows.native_nodes import LoadImage, SaveImage
 
-    dm.write_transformer(tiny_transformer, str(tmp_path / "diffusion_models" / build.TRANSFORMER_FILE))
-    dm.write_text_encoder(tiny_text_encoder, str(tmp_path / "text_encoders" / build.TEXT_ENCODER_FILE))
-    dm.write_vae(tiny_vae, str(tmp_path / "vae" / build.VAE_FILE))
-    from zimage_pack.loaders.demo_loras import write_lora
-
-    write_lora(tiny_transformer, str(tmp_path / "loras" / build.LORA_FILE), "musubi")
-    twin = dm.make_twinflow_transformer(seed=9)
-    from safetensors.torch import save_file
-
-    save_file(dm.diffusers_to_comfy_transformer_keys({k: v.contiguous() for k, v in twin.state_dict().items()}), str(tmp_path / "diffusion_models" / build.TWINFLOW_FILE))
-    dm.write_transformer(tiny_transformer, str(tmp_path / "diffusion_models" / build.BASE_FILE))
-    write_lora(tiny_transformer, str(tmp_path / "loras" / build.DISTILL_LORA_FILE), "peft")
-    for name in (build.STEP1_LORA_FILE, build.STEP2_LORA_FILE):
-        write_lora(tiny_transformer, str(tmp_path / "loras" / name), "peft")
-    for name, version in ((build.CONTROLNET_FILE, "2.1"), (build.TILE_CONTROLNET_FILE, "2.1")):
-        dm.write_controlnet(dm.make_controlnet(version, seed=5), str(tmp_path / "model_patches" / name))
-    from zimage_pack.workflows.native_nodes import LoadImage
-
-    # the example pictures the ControlNet workflows ship, at 128 px: the same content, a sixty-fourth of the pixels
-    from PIL import Image
-
-    (tmp_path / "input").mkdir()
-    for name in os.listdir(build.INPUT_DIR):
-        with Image.open(os.path.join(build.INPUT_DIR, name)) as picture:
-            picture.resize((128, 128), Image.LANCZOS).save(tmp_path / "input" / name)
+    write_example_files(tmp_path, tmp_path / "input", tiny_transformer, tiny_text_encoder, tiny_vae)
     monkeypatch.setattr(LoadImage, "input_dir", str(tmp_path / "input"))
     monkeypatch.setattr(comfy_services, "_standalone_root", str(tmp_path))
     monkeypatch.setenv("ZIMAGE_TOKENIZER_DIR", tokenizer_dir)
     monkeypatch.setattr(SaveImage, "output_dir", str(tmp_path / "output"))
     return tmp_path
+
+
+def write_example_files(models, inputs, transformer, text_encoder, vae) -> None:
+    """Every file the example workflows name, tiny and from a seed, under the names users download:
+    models in ComfyUI's folders under ``models``, the example pictures (at 128 px: the same content, a
+    sixty-fourth of the pixels) in ``inputs``."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from zimage_pack.loaders.demo_loras import write_lora
+    from zimage_pack.workflows import build
+
+    models, inputs = Path(models), Path(inputs)
+    dm.write_transformer(transformer, str(models / "diffusion_models" / build.TRANSFORMER_FILE))
+    dm.write_text_encoder(text_encoder, str(models / "text_encoders" / build.TEXT_ENCODER_FILE))
+    dm.write_vae(vae, str(models / "vae" / build.VAE_FILE))
+    write_lora(transformer, str(models / "loras" / build.LORA_FILE), "musubi")
+    twin = dm.make_twinflow_transformer(seed=9)
+    save_file(dm.diffusers_to_comfy_transformer_keys({k: v.contiguous() for k, v in twin.state_dict().items()}),
+              str(models / "diffusion_models" / build.TWINFLOW_FILE))
+    dm.write_transformer(transformer, str(models / "diffusion_models" / build.BASE_FILE))
+    write_lora(transformer, str(models / "loras" / build.DISTILL_LORA_FILE), "peft")
+    for name in (build.STEP1_LORA_FILE, build.STEP2_LORA_FILE):
+        write_lora(transformer, str(models / "loras" / name), "peft")
+    for name in (build.CONTROLNET_FILE, build.TILE_CONTROLNET_FILE):
+        dm.write_controlnet(dm.make_controlnet("2.1", seed=5), str(models / "model_patches" / name))
+    inputs.mkdir(parents=True, exist_ok=True)
+    for name in os.listdir(build.INPUT_DIR):
+        with Image.open(os.path.join(build.INPUT_DIR, name)) as picture:
+            picture.resize((128, 128), Image.LANCZOS).save(inputs / name)

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from comfyui_harness import ComfyServer, comfyui_python, execution_error, find_comfyui
+from conftest import write_example_files
 
 pytestmark = pytest.mark.comfyui
 
@@ -23,7 +24,6 @@ RAW_ERRORS = ("RecursionError", "UnicodeDecodeError", "_csv.Error", "OSError", "
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from zimage_pack.loaders import demo_models as dm
-    from zimage_pack.workflows import build
 
     work = tmp_path_factory.mktemp("comfyui")
     comfy = ComfyServer(find_comfyui(), comfyui_python(), work)
@@ -32,13 +32,11 @@ def server(tmp_path_factory):
     for suffix in (".txt", ".csv", ".png", ".safetensors"):
         (outside / f"secret{suffix}").write_text(SECRET + "\n")
     models = comfy.folder("models")
-    dm.write_transformer(dm.make_transformer(seed=0), str(models / "diffusion_models" / build.TRANSFORMER_FILE))
-    dm.write_text_encoder(dm.make_text_encoder(seed=1), str(models / "text_encoders" / build.TEXT_ENCODER_FILE))
-    dm.write_vae(dm.make_vae(seed=2), str(models / "vae" / build.VAE_FILE))
+    inputs = comfy.folder("input")
+    write_example_files(models, inputs, dm.make_transformer(seed=0), dm.make_text_encoder(seed=1), dm.make_vae(seed=2))
     for folder in LOADERS.values():
         (models / folder[2]).mkdir(parents=True, exist_ok=True)
         os.symlink(outside / "secret.safetensors", models / folder[2] / "link_out.safetensors")
-    inputs = comfy.folder("input")
     (inputs / "prompts.txt").write_text("a red fox\na lighthouse at dusk\n")
     (inputs / "deep.jsonl").write_text('{"prompt": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
     (inputs / "bad_utf8.txt").write_bytes(b"a fox\n\xff\xfe\n")
@@ -276,3 +274,23 @@ def test_the_queue_client_checks_rows_against_the_real_servers_object_info(serve
     assert code == 2 and "nothing was sent" in err
     assert "row 2 (line 3)" in err and "100 is not a multiple of 16" in err and "row 3 (line 4)" in err and "'int3' is not in the list" in err
     assert _executed_prompt_ids(server) == before
+
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "example_workflows", "api"))))
+def test_every_example_api_workflow_runs_in_the_real_comfyui(server, name):
+    """As a studio queues them (POST /prompt), at 64×48 and with the steps they ship."""
+    from zimage_pack.workflows import build
+
+    with open(build.workflow_path(name), encoding="utf-8") as handle:
+        prompt = json.load(handle)
+    for node in prompt.values():
+        if node["class_type"] in ("ZImageEmptyLatent", "EmptySD3LatentImage"):
+            node["inputs"].update(width=64, height=48, batch_size=1)
+        if node["class_type"] in ("ImageScale", "ZImagePromptListGenerate"):
+            node["inputs"].update(width=64, height=48)
+    result = server.run(prompt)
+    assert "refused" not in result, _shown(result)
+    assert result["status"]["status_str"] == "success", _shown(execution_error(result) or result)
+    saved = [image for output in result["outputs"].values() for image in output.get("images", []) if image.get("type") == "output"]
+    assert saved, "the workflow saved no picture"
