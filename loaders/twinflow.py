@@ -11,13 +11,20 @@ layers work as for any other layer) and the second term is added by a forward ho
 
 from __future__ import annotations
 
+import os
+
 import torch
 from diffusers.models.transformers.transformer_z_image import TimestepEmbedder
 
 from .errors import ZImageInputError
+from .gguf_files import is_gguf, read_gguf
 from .module_state import attached
+from .quantized import QuantizedWeight, comfy_weight, layer_formats, scale_keys
+from .safetensors_io import diffusers_component_folder, open_safetensors, require_file
+from .weight_files import IGNORED_KEYS
 
 KEY = "t_embedder_2."
+WHAT = "TwinFlow transformer file"
 _PARTS = {"mlp.0.weight": 2, "mlp.0.bias": 1, "mlp.2.weight": 2, "mlp.2.bias": 1}
 
 
@@ -47,6 +54,53 @@ def check_embedder(shapes: dict[str, tuple], source: str) -> tuple[int, int] | N
     if freq != 256:
         raise ZImageInputError("TwinFlow transformer file", f"'{source}' with a t_embedder_2 taking {freq} frequencies", "256, as t_embedder", how)
     return out, mid
+
+
+def read_embedder(path: str) -> dict[str, torch.Tensor] | None:
+    """``t_embedder_2``'s tensors under its own names (``t_embedder_2.mlp.0.weight`` …) from a
+    transformer file in any layout the pack reads (single file under any prefix, diffusers folder,
+    Comfy-Org quantised or legacy scaled fp8, GGUF), read alone; quantised layers come back
+    dequantised to float32. None when the file has none; a partial one is refused."""
+    require_file(path, WHAT)
+    source = os.path.basename(path.rstrip(os.sep))
+    if os.path.isdir(path):
+        tensors = _folder_embedder(diffusers_component_folder(path, "transformer", WHAT, "TwinFlow-Z-Image-Turbo.safetensors"))
+    elif is_gguf(path):
+        _, found = read_gguf(path, WHAT)
+        tensors = {k: (v.dequantize(torch.float32) if isinstance(v, QuantizedWeight) else v) for k, v in found.items() if KEY in k}
+    else:
+        tensors = _safetensors_embedder(path, source)
+    tensors = {normalise_name(k): v for k, v in tensors.items()}
+    if check_embedder({k: tuple(v.shape) for k, v in tensors.items()}, source) is None:
+        return None
+    return tensors
+
+
+def _folder_embedder(folder: str) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+        with open_safetensors(os.path.join(folder, name), WHAT) as handle:
+            tensors.update({k: handle.get_tensor(k) for k in list(handle.keys()) if KEY in k})
+    return tensors
+
+
+def _safetensors_embedder(path: str, source: str) -> dict[str, torch.Tensor]:
+    """Only t_embedder_2's tensors (and the file's fp8 marker) are read, not the 12 GB around them."""
+    with open_safetensors(path, WHAT) as handle:
+        keys = [k for k in list(handle.keys()) if KEY in k or k == "scaled_fp8" or k.endswith(".scaled_fp8")]
+        present = set(keys)
+
+        def read(key):
+            return handle.get_tensor(key) if key in present else None
+
+        tensors, used = {}, set()
+        for layer, conf in layer_formats(keys, read, handle.metadata() or {}, source).items():
+            if KEY in layer and f"{layer}.weight" in present:
+                tensors[f"{layer}.weight"] = comfy_weight(layer, conf, read, source).dequantize(torch.float32)
+                used.update((f"{layer}.weight",) + scale_keys(layer))
+        tensors.update({k: handle.get_tensor(k) for k in keys
+                        if KEY in k and k not in used and not k.endswith(".comfy_quant") and not IGNORED_KEYS.search(k)})
+    return tensors
 
 
 def attach_embedder(module: torch.nn.Module, out_size: int, mid_size: int) -> None:

@@ -16,7 +16,7 @@ here and in the authors' pipeline fed the same noises.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -24,7 +24,13 @@ from ..loaders.errors import ZImageInputError
 from ..loaders.param_sets import prepare_weights
 from ..loaders.twinflow import target_timestep
 from .latents import check_latent, seeded_noises, to_raw_space
-from .turbo import StepCallback, block_interrupts, checked_velocity, interruptible_modules, start_latent
+from .turbo import (
+    StepCallback,
+    block_interrupts,
+    checked_velocity,
+    interruptible_modules,
+    start_latent,
+)
 
 # The authors' gaps (g0, g1) by NFE.
 DEFAULT_GAPS = {1: (0.001, 0.6), 2: (0.001, 0.6), 3: (0.001, 0.5), 4: (0.001, 0.5)}
@@ -80,8 +86,7 @@ def sample_twinflow(
     check_latent(latent)
     if len(features) != latent.shape[0]:
         raise ZImageInputError("positive", f"{len(features)} prompt features", f"{latent.shape[0]} (one per latent)", "encode one prompt per image, or one for all")
-    if not 0 <= stochastic_ratio <= 1:
-        raise ZImageInputError("stochastic_ratio", str(stochastic_ratio), "0 (deterministic) to 1 (fresh noise, the authors' default)", "use 1.0")
+    check_stochastic_ratio(stochastic_ratio)
     if sigmas is None:
         sigmas = twinflow_sigmas(nfe, gap_start, gap_end, denoise)
     total = len(sigmas) - 1
@@ -89,17 +94,37 @@ def sample_twinflow(
     prepare_weights(transformer)
     device = transformer.device
     x = start_latent(latent, noise, float(sigmas[0]), device)
-    r = float(stochastic_ratio)
-    x0_first = x0 = None
+
+    def velocity(x, i):
+        return checked_velocity(transformer, x, sigmas, i, features, None, check_interrupt)[2]
+
+    report = None if on_step is None else (lambda i, x, x0: on_step(i, total, x0))
     with block_interrupts(interruptible_modules(transformer), check_interrupt), target_timestep(transformer.module, 0.0):
-        for i in range(total):
-            sigma, sigma_next, v = checked_velocity(transformer, x, sigmas, i, features, None, check_interrupt)
-            x0 = x - sigma * v
-            z = x + (1.0 - sigma) * v
-            if x0_first is None:
-                x0_first = x0
-            if on_step is not None:
-                on_step(i, total, x0)
-            mixed = math.sqrt(1.0 - r) * z + math.sqrt(r) * fresh[i].to(device)
-            x = (1.0 - sigma_next) * x0 + sigma_next * mixed
+        x0, x0_first = twinflow_loop(velocity, x, sigmas, fresh, stochastic_ratio, report)
     return to_raw_space(x0).cpu(), to_raw_space(x0_first).cpu()
+
+
+def check_stochastic_ratio(stochastic_ratio: float) -> None:
+    if not 0 <= stochastic_ratio <= 1:
+        raise ZImageInputError("stochastic_ratio", str(stochastic_ratio), "0 (deterministic) to 1 (fresh noise, the authors' default)", "use 1.0")
+
+
+def twinflow_loop(velocity: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, sigmas, fresh_noises, stochastic_ratio: float,
+                  callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loop of the module docstring, for both backends: ``velocity(x, i)`` is F at ``sigmas[i]``
+    (target timestep 0), ``fresh_noises[i]`` the noise mixed in after call i, ``callback(i, x, x0)``
+    after each call. Returns (last x0, first x0) in model space."""
+    r = float(stochastic_ratio)
+    x0 = x0_first = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        v = velocity(x, i)
+        x0 = x - sigma * v
+        z = x + (1.0 - sigma) * v
+        if x0_first is None:
+            x0_first = x0
+        if callback is not None:
+            callback(i, x, x0)
+        mixed = math.sqrt(1.0 - r) * z + math.sqrt(r) * fresh_noises[i].to(device=x.device, dtype=x.dtype)
+        x = (1.0 - sigma_next) * x0 + sigma_next * mixed
+    return x0, x0_first

@@ -6,15 +6,13 @@ import math
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from zimage_pack.loaders import demo_models as dm
 from zimage_pack.loaders import demo_quantized as dq
 from zimage_pack.loaders.errors import ZImageInputError
 from zimage_pack.loaders.quantized import quantized_layers
 from zimage_pack.loaders.transformer import load_transformer
 from zimage_pack.loaders.twinflow import is_twinflow
-from zimage_pack.samplers.latents import to_raw_space
-from zimage_pack.samplers.latents import seeded_noises
+from zimage_pack.samplers.latents import seeded_noises, to_raw_space
 from zimage_pack.samplers.twinflow import sample_twinflow, twinflow_sigmas
 
 
@@ -68,6 +66,44 @@ def test_twinflow_loads_from_every_layout(twin, twin_files, layout):
             assert got[key].dtype == torch.bfloat16 and torch.equal(got[key], value.bfloat16()), key
 
 
+@pytest.mark.parametrize("layout", ["plain", "prefixed", "folder", "gguf", "scaled_fp8", "float8_e4m3fn", "float8_e4m3fn_header"])
+def test_read_embedder_alone_from_every_layout(twin, twin_files, layout, tmp_path):
+    """loaders.twinflow.read_embedder (what the native TwinFlow patch reads): t_embedder_2 under its own names.
+    Plain layouts: the float32 values bit for bit. fp8 repacks (t_embedder_2 quantised too): the stored fp8
+    times its scale, read from the file here. GGUF Q8_0: within Q8_0's bound (as above)."""
+    from safetensors.torch import load_file
+    from zimage_pack.loaders.twinflow import read_embedder
+
+    want = {k: v for k, v in twin.state_dict().items() if k.startswith("t_embedder_2.")}
+    path = twin_files.get(layout)
+    if path is None:
+        fmt, header = layout.removesuffix("_header"), layout.endswith("_header")
+        state, metadata = dq.quantize_state(twin_files["state"], fmt, lambda layer: layer.startswith("t_embedder_2"), header_metadata=header)
+        path = str(tmp_path / f"twinflow_{layout}.safetensors")
+        save_file({f"model.diffusion_model.{k}": v for k, v in state.items()}, path, metadata=metadata)
+        stored = load_file(path)
+        for key in [k for k in want if k.endswith(".weight")]:
+            scale = stored.get(f"model.diffusion_model.{key[:-len('weight')]}scale_weight", stored.get(f"model.diffusion_model.{key}_scale"))
+            assert stored[f"model.diffusion_model.{key}"].dtype == torch.float8_e4m3fn
+            want[key] = stored[f"model.diffusion_model.{key}"].float() * scale.float()
+        want.update({k: v.bfloat16() for k, v in want.items() if k.endswith(".bias")})
+    got = read_embedder(path)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if layout == "gguf" and key.endswith(".weight"):
+            blocks = value.reshape(value.shape[0], -1, 32)
+            d = blocks.abs().amax(-1, keepdim=True) / 127
+            assert ((got[key].reshape(blocks.shape) - blocks).abs() <= (0.5 + 2 * 127 * 2.0 ** -11) * d).all(), key
+        else:
+            assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+
+
+def test_read_embedder_of_a_plain_file_is_none(model_files):
+    from zimage_pack.loaders.twinflow import read_embedder
+
+    assert read_embedder(model_files["comfy"]) is None
+
+
 def test_plain_z_image_is_not_twinflow(model_files):
     assert not is_twinflow(load_transformer(model_files["comfy"]).module)
 
@@ -85,7 +121,7 @@ def test_broken_t_embedder_2_is_refused(twin_files, tmp_path, damage):
         load_transformer(path)
 
 
-def _authors_sigmas(steps, g0, g1, a=1, b=1, c=1):
+def _authors_sigmas(steps, g0, g1, a=1.0, b=1.0, c=1.0):
     """What the authors' UnifiedSampler.sampling_loop computes, line by line as their code orders it,
     in the dtype of their pipeline's noise (bf16): the step count (one more when g1 is 0), the float64
     linspace moved to the noise's dtype, the endpoint dropped when g1 is 0, their time transform
