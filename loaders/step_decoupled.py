@@ -111,11 +111,20 @@ def save_bundle(model: StepDecoupledModel, path: str, settings: StepSettings | N
         raise ZImageInputError("step_model", "a quantised transformer (its LoRAs are applied at compute time, not stored)",
                                "a bf16, fp16 or fp32 transformer", "load the transformer with weight_dtype bf16 (it expands a quantised file) to save a bundle")
     first, second = effective_state_dicts(model)
+    return write_bundle_file(first, second, path, settings, dict(model.module.config))
+
+
+def write_bundle_file(first: dict, second: dict, path: str, settings: StepSettings, config: dict) -> dict:
+    """The bundle format, for the engine and the ComfyUI side alike: two full diffusers-named state dicts
+    (each step's effective weights) → the tensors equal in both once under ``shared/``, the others under
+    ``step1/`` and ``step2/``, the sampler settings and the config in the header. Returns counts."""
+    settings.check()
+    _check_same_shapes(first, second, "step2_model", "step1_model")
     tensors = {}
     shared = 0
     for name, t1 in first.items():
         t2 = second[name]
-        if torch.equal(t1, t2):
+        if t1.dtype == t2.dtype and torch.equal(t1, t2):
             tensors[f"shared/{name}"] = t1.cpu().contiguous()
             shared += 1
         else:
@@ -123,7 +132,7 @@ def save_bundle(model: StepDecoupledModel, path: str, settings: StepSettings | N
             tensors[f"step2/{name}"] = t2.cpu().contiguous()
     metadata = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "sigma_mid": repr(float(settings.sigma_mid)),
                 "shift": repr(float(settings.shift)), "step2_rule": settings.step2_rule, "key_naming": "diffusers",
-                "config": json.dumps(_jsonable(dict(model.module.config)))}
+                "config": json.dumps(_jsonable(config))}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         save_file(tensors, path, metadata=metadata)
@@ -137,7 +146,9 @@ def _jsonable(config: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items() if not k.startswith("_")}
 
 
-def load_bundle(path: str) -> StepDecoupledModel:
+def read_bundle(path: str) -> tuple[dict, StepSettings]:
+    """({"shared": …, "step1": …, "step2": …} diffusers-named tensors, the sampler settings) of a bundle,
+    checked: the header, the parts, the same names and shapes for both steps."""
     require_file(path, WHAT)
     with open_safetensors(path, WHAT) as handle:
         meta = dict(handle.metadata() or {})
@@ -162,6 +173,15 @@ def load_bundle(path: str) -> StepDecoupledModel:
         only = sorted(set(parts["step1"]) ^ set(parts["step2"]))
         raise ZImageInputError(WHAT, f"tensors present for one step only (e.g. {only[:2]})", "the same tensor names for both steps", "re-save the bundle")
     _check_same_shapes(parts["step1"], parts["step2"], "bundle step 2", "step 1")
+    try:
+        settings = StepSettings(float(meta["sigma_mid"]), float(meta["shift"]), meta["step2_rule"]).check()
+    except (KeyError, ValueError) as exc:
+        raise ZImageInputError(WHAT, f"bad sampler settings in the header ({exc})", "sigma_mid, shift and step2_rule", "re-save the bundle") from None
+    return parts, settings
+
+
+def load_bundle(path: str) -> StepDecoupledModel:
+    parts, settings = read_bundle(path)
     state = {**parts["shared"], **parts["step1"]}
     config = config_from_state_dict(state, path)
     with torch.device("meta"):
@@ -171,8 +191,4 @@ def load_bundle(path: str) -> StepDecoupledModel:
     dtype = parts["shared"][next(iter(parts["shared"]))].dtype if parts["shared"] else next(iter(state.values())).dtype
     base = finish_module(module.eval().requires_grad_(False), dtype, path)
     step2 = replace(base, param_set=ParamSet({k: host_copy(v) for k, v in parts["step2"].items()}, "step 2"))
-    try:
-        settings = StepSettings(float(meta["sigma_mid"]), float(meta["shift"]), meta["step2_rule"]).check()
-    except (KeyError, ValueError) as exc:
-        raise ZImageInputError(WHAT, f"bad sampler settings in the header ({exc})", "sigma_mid, shift and step2_rule", "re-save the bundle") from None
     return StepDecoupledModel((base, step2), settings, path)

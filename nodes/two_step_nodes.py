@@ -1,122 +1,108 @@
-"""2-step step-decoupled ("Turbo++") nodes: build a step model, load/save bundles, sample in 2 steps."""
+"""2-step step-decoupled ("Turbo++") nodes on native MODELs: the sampler (one MODEL per step), the
+bundle loader and the bundle saver. The work is in native_two_step.py."""
 
 from __future__ import annotations
 
+from comfy_api.latest import io
 
-from ..loaders.step_decoupled import STEP2_RULES, StepSettings, from_models, load_bundle, save_bundle
-from ..samplers.conditioning import features_from_conditioning
-from ..samplers.latents import check_latent
-from ..samplers.two_step import sample_two_step
+from ..loaders.step_decoupled import STEP2_RULES, StepSettings
 from . import comfy_services as services
-from .sampling_nodes import latent_samples
-from .types import CATEGORY, ZIMAGE_MODEL, ZIMAGE_STEP_MODEL
+from .native_two_step import load_step_bundle_native, sample_two_step_native, save_step_bundle_native
+from .sampling_nodes import denoise_input, latent_samples, seed_input
+from .types import CATEGORY
 
-_SIGMA_MID = ("FLOAT", {"default": 0.5, "min": 0.01, "max": 0.99, "step": 0.01,
-                        "tooltip": "Where step 1 stops, before the shift (0.5 with shift 3 = σ 0.75, the Turbo schedule for 2 steps)."})
-_SHIFT = ("FLOAT", {"default": 3.0, "min": 0.01, "max": 100.0, "step": 0.01, "tooltip": "Timestep shift (Z-Image: 3.0)."})
-_RULE = (list(STEP2_RULES), {"default": "euler", "tooltip": "euler: deterministic flow step to σ_mid. x0_renoise: predict the image, then re-noise it to σ_mid with fresh noise from the seed."})
+ALIASES = ["turbo++", "2 step", "two step", "step decoupled"]
 
 
-class ZImageTwoStepModel:
-    DESCRIPTION = ("Makes a 2-step (step-decoupled) model from two Z-Image models: two transformer files, or one transformer "
-                   "with a different LoRA stack per step, or the same model twice (plain Turbo in 2 steps). Only differing tensors are kept twice.")
-    CATEGORY = f"{CATEGORY}/2-step"
-    RETURN_TYPES = (ZIMAGE_STEP_MODEL,)
-    RETURN_NAMES = ("step_model",)
-    OUTPUT_TOOLTIPS = ("For the Z-Image 2-Step Sampler or Save 2-Step Bundle.",)
-    FUNCTION = "build"
-    SEARCH_ALIASES = ["turbo++", "2 step", "step decoupled", "two step"]
+def settings_inputs() -> list:
+    return [
+        io.Float.Input("sigma_mid", default=0.5, min=0.01, max=0.99, step=0.01,
+                       tooltip="Where step 1 stops, before the shift (0.5 with shift 3 = σ 0.75, the Turbo schedule for 2 steps). "
+                               "A bundle loader's sigma_mid output can be connected here."),
+        io.Float.Input("shift", default=3.0, min=0.01, max=100.0, step=0.01, tooltip="Timestep shift (Z-Image: 3.0)."),
+        io.Combo.Input("step2_rule", options=list(STEP2_RULES), default="euler",
+                       tooltip="euler: deterministic flow step to σ_mid. x0_renoise: predict the image, then re-noise it to σ_mid with fresh noise from the seed."),
+    ]
+
+
+class ZImageTwoStepSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageTwoStepSampler", display_name="Z-Image 2-Step Sampler", category=f"{CATEGORY}/sampling",
+            description=("2-step step-decoupled sampler: step 1 for the whole batch on step1_model, then step 2 on step2_model. Connect two "
+                         "files, one model with a LoRA chain per step, or the bundle loader's two outputs. Same seed, same noise as KSampler."),
+            search_aliases=ALIASES + ["2 step sampler"],
+            inputs=[
+                io.Model.Input("step1_model", tooltip="The model for step 1 (from σ = 1 to σ_mid)."),
+                io.Model.Input("step2_model", tooltip="The model for step 2 (from σ_mid to the image). Connect the same model for plain Turbo in 2 steps."),
+                io.Conditioning.Input("positive", tooltip="The prompt (CLIP Text Encode with the Z-Image text encoder)."),
+                io.Latent.Input("latent_image", tooltip="An empty latent, or an encoded image with denoise < 1."),
+                seed_input("Noise seed: KSampler's noise for it; the x0_renoise rule draws its re-noise from it too."),
+                *settings_inputs(),
+                denoise_input(),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The final latent (decode it with VAE Decode)."),
+                     io.Latent.Output(display_name="step1_latent", tooltip="Step 1's prediction of the image, for inspection (decode it).")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "step1_model": (ZIMAGE_MODEL, {"tooltip": "Parameters for step 1 (from σ = 1)."}),
-            "step2_model": (ZIMAGE_MODEL, {"tooltip": "Parameters for step 2 (from σ_mid to 0). Connect the same model for plain Turbo."}),
-        }}
-
-    def build(self, step1_model, step2_model):
-        return (from_models(step1_model, step2_model),)
+    def execute(cls, step1_model, step2_model, positive, latent_image, seed, sigma_mid=0.5, shift=3.0, step2_rule="euler",
+                denoise=1.0) -> io.NodeOutput:
+        latent_samples(latent_image)
+        final, step1 = sample_two_step_native(step1_model, step2_model, positive, latent_image, seed,
+                                              StepSettings(sigma_mid, shift, step2_rule), denoise)
+        return io.NodeOutput(final, step1)
 
 
-class ZImageStepBundleLoader:
-    DESCRIPTION = "Loads a 2-step bundle (shared tensors once, per-step tensors, and its sampler settings) from models/zimage_bundles."
-    CATEGORY = f"{CATEGORY}/2-step"
-    RETURN_TYPES = (ZIMAGE_STEP_MODEL,)
-    RETURN_NAMES = ("step_model",)
-    OUTPUT_TOOLTIPS = ("For the Z-Image 2-Step Sampler.",)
-    FUNCTION = "load"
-    SEARCH_ALIASES = ["turbo++ bundle", "2 step bundle"]
+class ZImageStepBundleLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageStepBundleLoader", display_name="Z-Image 2-Step Bundle Loader", category=f"{CATEGORY}/loaders",
+            description=("Loads a 2-step bundle from models/zimage_bundles as two MODELs sharing one base (step 2 carries only its own "
+                         "tensors), plus the sampler settings stored in the bundle: connect them to the 2-Step Sampler."),
+            search_aliases=ALIASES + ["bundle", "load bundle"],
+            inputs=[io.Combo.Input("bundle_name", options=services.list_models(services.BUNDLE_FOLDER),
+                                   tooltip="A bundle in models/zimage_bundles (written by Save 2-Step Bundle or zimage-distill).")],
+            outputs=[
+                io.Model.Output(display_name="step1_model", tooltip="For the 2-Step Sampler's step1_model."),
+                io.Model.Output(display_name="step2_model", tooltip="For the 2-Step Sampler's step2_model."),
+                io.Float.Output(display_name="sigma_mid", tooltip="The σ_mid the bundle was made for (connect to the sampler's sigma_mid)."),
+                io.Float.Output(display_name="shift", tooltip="The shift the bundle was made for (connect to the sampler's shift)."),
+                io.Combo.Output(display_name="step2_rule", options=list(STEP2_RULES), tooltip="The step-2 rule the bundle was made for (connect to the sampler's step2_rule)."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"bundle_name": (services.list_models(services.BUNDLE_FOLDER), {"tooltip": "A bundle in models/zimage_bundles."})}}
-
-    def load(self, bundle_name):
-        return (load_bundle(services.model_path(services.BUNDLE_FOLDER, bundle_name)),)
+    def execute(cls, bundle_name) -> io.NodeOutput:
+        step1, step2, settings = load_step_bundle_native(services.model_path(services.BUNDLE_FOLDER, bundle_name))
+        return io.NodeOutput(step1, step2, float(settings.sigma_mid), float(settings.shift), settings.step2_rule)
 
 
-class ZImageSaveStepBundle:
-    DESCRIPTION = "Saves a 2-step model as one bundle file: tensors both steps share stored once (found by content), the others per step, plus the sampler settings."
-    CATEGORY = f"{CATEGORY}/2-step"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("path",)
-    OUTPUT_TOOLTIPS = ("Where the bundle was written.",)
-    OUTPUT_NODE = True
-    FUNCTION = "save"
-    SEARCH_ALIASES = ["save turbo++", "save bundle"]
+class ZImageSaveStepBundle(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageSaveStepBundle", display_name="Z-Image Save 2-Step Bundle", category=f"{CATEGORY}/loaders",
+            description=("Saves two MODELs (LoRAs included) as one 2-step bundle in models/zimage_bundles: the weights both steps share "
+                         "stored once, the others per step, with the sampler settings. The pack's engine and trainer read it too."),
+            search_aliases=ALIASES + ["save bundle"],
+            inputs=[
+                io.Model.Input("step1_model", tooltip="The model for step 1 (e.g. the base with step 1's LoRAs)."),
+                io.Model.Input("step2_model", tooltip="The model for step 2 (e.g. the same base with step 2's LoRAs)."),
+                io.String.Input("filename", default="z_image_2step_bundle", tooltip="File name in models/zimage_bundles (.safetensors is added)."),
+                *settings_inputs(),
+                io.Boolean.Input("overwrite", default=False, tooltip="Off: an existing bundle of that name is kept and the new one gets a number (name_00001). On: replace it."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="Where the bundle was written.")],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "step_model": (ZIMAGE_STEP_MODEL, {"tooltip": "From Z-Image 2-Step Model."}),
-            "filename": ("STRING", {"default": "z_image_2step_bundle", "tooltip": "File name in models/zimage_bundles (.safetensors is added)."}),
-            "sigma_mid": _SIGMA_MID, "shift": _SHIFT, "step2_rule": _RULE,
-        }, "optional": {
-            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Off: an existing bundle of that name is kept and the new one gets a number (name_00001). On: replace it."}),
-        }}
-
-    def save(self, step_model, filename, sigma_mid=0.5, shift=3.0, step2_rule="euler", overwrite=False):
+    def execute(cls, step1_model, step2_model, filename, sigma_mid=0.5, shift=3.0, step2_rule="euler", overwrite=False) -> io.NodeOutput:
+        settings = StepSettings(sigma_mid, shift, step2_rule).check()
         path = services.new_model_path(services.BUNDLE_FOLDER, filename, overwrite)
-        counts = save_bundle(step_model, path, StepSettings(sigma_mid, shift, step2_rule))
+        counts = save_step_bundle_native(step1_model, step2_model, path, settings)
         text = f"{path}: {counts['shared']} shared tensors, {counts['per_step']} per step"
-        return {"ui": {"text": [text]}, "result": (path,)}
-
-
-class ZImageTwoStepSampler:
-    DESCRIPTION = ("2-step step-decoupled sampler: step 1 for the whole batch with step 1's parameters, then a swap of only the "
-                   "differing tensors, then step 2. Same seed, same noise as KSampler.")
-    CATEGORY = f"{CATEGORY}/sampling"
-    RETURN_TYPES = ("LATENT", "LATENT")
-    RETURN_NAMES = ("latent", "step1_latent")
-    OUTPUT_TOOLTIPS = ("The final latent (raw VAE space).", "Step 1's prediction of the image, for inspection (decode it).")
-    FUNCTION = "run"
-    SEARCH_ALIASES = ["turbo++", "2 step sampler", "two step"]
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "step_model": (ZIMAGE_STEP_MODEL, {"tooltip": "From Z-Image 2-Step Model or the bundle loader."}),
-                "positive": ("CONDITIONING", {"tooltip": "From Z-Image Text Encode."}),
-                "latent_image": ("LATENT", {"tooltip": "Empty latent, or an encoded image with denoise < 1."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip": "Noise seed (the re-noise rule draws from it too)."}),
-                "sigma_mid": _SIGMA_MID, "shift": _SHIFT, "step2_rule": _RULE,
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "1.0 = text-to-image."}),
-                "use_bundle_settings": ("BOOLEAN", {"default": True, "tooltip": "A bundle carries its own sigma_mid, shift and rule: use them instead of the three inputs above."}),
-            },
-        }
-
-    def run(self, step_model, positive, latent_image, seed, sigma_mid=0.5, shift=3.0, step2_rule="euler", denoise=1.0, use_bundle_settings=True):
-        samples = latent_samples(latent_image)
-        check_latent(samples, "latent_image")
-        settings = step_model.settings if (use_bundle_settings and step_model.settings is not None) else StepSettings(sigma_mid, shift, step2_rule)
-        settings.check()
-        features = features_from_conditioning(positive, step_model.cap_feat_dim, samples.shape[0], "positive")
-        device = services.prepare_model_for_sampling(step_model.steps[0], samples.shape[0], samples.shape[2], samples.shape[3])
-        for view in step_model.steps[1:]:
-            services.prepare_model_for_sampling(view, samples.shape[0], samples.shape[2], samples.shape[3])
-        final, step1 = sample_two_step(step_model, features, samples, seed, settings, denoise,
-                                       on_step=services.Progress(2, device), check_interrupt=services.check_interrupt)
-        return ({"samples": final}, {"samples": step1})
-
-
+        return io.NodeOutput(path, ui={"text": [text]})

@@ -5,11 +5,15 @@ Schedule: unshifted 1.0 → σ_mid → 0, shifted like the Turbo schedule (σ_mi
 exactly what the 8-step sampler walks when asked for 2 steps). Step-2 rule:
 - "euler": the deterministic flow step x ← x + (σ_mid − 1)·v;
 - "x0_renoise": predict x0 = x − v, then re-noise to σ_mid with fresh noise drawn from the same seed.
+
+The arithmetic is here once (``two_step_loop`` / ``first_step`` / ``second_step``, on a plain "velocity
+at σ" callable); the engine's ``sample_two_step`` and the ComfyUI side (nodes/native_two_step.py, each
+step a ComfyUI sampling run on its own MODEL) both drive it.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -35,6 +39,46 @@ def noises(shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The start noise (ComfyUI's, for the same seed) and the re-noise drawn after it from the same generator."""
     first, renoise = seeded_noises(shape, seed, 2)
     return first, renoise
+
+
+# velocity_fn(x in model space, σ) -> the flow velocity v at x (x0 = x − σ·v)
+VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def first_step(velocity_fn: VelocityFn, x: torch.Tensor, s0: float, s1: float, rule: str,
+               renoise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 1 from σ0: (x at σ_mid for step 2, step 1's x0 prediction)."""
+    v = velocity_fn(x, s0)
+    x0 = x - s0 * v
+    if rule == "euler":
+        return x + (s1 - s0) * v, x0
+    if rule != "x0_renoise":
+        raise ZImageInputError("step2_rule", repr(rule), "euler or x0_renoise", "use 'euler'")
+    if renoise is None:
+        raise ValueError("the x0_renoise rule needs the re-noise drawn from the seed")
+    return s1 * renoise.to(x.device, x.dtype) + (1.0 - s1) * x0, x0
+
+
+def second_step(velocity_fn: VelocityFn, x_mid: torch.Tensor, s1: float) -> torch.Tensor:
+    """Step 2 from σ_mid straight to the image: x0 = x − σ_mid·v."""
+    return x_mid - s1 * velocity_fn(x_mid, s1)
+
+
+def two_step_loop(velocity_fn_step1: VelocityFn, velocity_fn_step2: VelocityFn, x: torch.Tensor, sigmas, rule: str,
+                  renoise: torch.Tensor | None = None, callback: StepCallback | None = None,
+                  between: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both steps on ``sigmas`` = [σ0, σ_mid, 0] (model space): (final x0, step 1's x0). ``between`` runs
+    after step 1 (an interrupt check; the swap to step 2's parameters)."""
+    s0, s1 = float(sigmas[0]), float(sigmas[1])
+    x_mid, x0_step1 = first_step(velocity_fn_step1, x, s0, s1, rule, renoise)
+    if callback is not None:
+        callback(0, 2, x0_step1)
+    if between is not None:
+        between()
+    x0 = second_step(velocity_fn_step2, x_mid, s1)
+    if callback is not None:
+        callback(1, 2, x0)
+    return x0, x0_step1
 
 
 @torch.no_grad()
@@ -64,25 +108,15 @@ def sample_two_step(
 
 
 def _two_steps(model, features, x, s0, s1, settings, renoise, on_step, check_interrupt):
-    step1, step2 = model.steps
-    device = x.device
-    prepare_weights(step1)
-    v = predict_velocity(step1, x, s0, features, None, settings.shift)
-    check_finite(v, 0, 2, step1.compute_dtype)
-    x0_step1 = x - s0 * v
-    if on_step is not None:
-        on_step(0, 2, x0_step1)
-    if settings.step2_rule == "euler":
-        x = x + (s1 - s0) * v
-    else:
-        x = s1 * renoise.to(device) + (1.0 - s1) * x0_step1
-    if check_interrupt is not None:
-        check_interrupt()
+    def velocity(view, index):
+        def fn(x, sigma):
+            prepare_weights(view)  # the swap to this step's parameters (step 1: the module's own)
+            v = predict_velocity(view, x, sigma, features, None, settings.shift)
+            check_finite(v, index, 2, view.compute_dtype)
+            return v
+        return fn
 
-    prepare_weights(step2)
-    v = predict_velocity(step2, x, s1, features, None, settings.shift)
-    check_finite(v, 1, 2, step2.compute_dtype)
-    x = x - s1 * v
-    if on_step is not None:
-        on_step(1, 2, x)
-    return to_raw_space(x).cpu(), to_raw_space(x0_step1).cpu()
+    step1, step2 = model.steps
+    x0, x0_step1 = two_step_loop(velocity(step1, 0), velocity(step2, 1), x, (s0, s1, 0.0), settings.step2_rule,
+                                 renoise, on_step, check_interrupt)
+    return to_raw_space(x0).cpu(), to_raw_space(x0_step1).cpu()

@@ -175,24 +175,24 @@ def test_sigma_mid_outside_open_interval(model_files, sigma_mid):
     _assert_clear(info.value, "sigma_mid", "between 0 and 1")
 
 
-def test_nodes_run_and_save_bundles(standalone_models):
-    from zimage_pack.nodes.loader_nodes import ZImageTransformerLoader
-    from zimage_pack.nodes.sampling_nodes import ZImageEmptyLatent
-    from zimage_pack.nodes.two_step_nodes import ZImageSaveStepBundle, ZImageStepBundleLoader, ZImageTwoStepModel, ZImageTwoStepSampler
+def test_two_step_loop_follows_the_formulas_on_plain_callables():
+    """The shared arithmetic on two velocity functions (what the engine and the ComfyUI side both drive)."""
+    from zimage_pack.samplers.two_step import two_step_loop
 
-    (model,) = ZImageTransformerLoader().load("z_image_tiny.safetensors")
-    (step_model,) = ZImageTwoStepModel().build(model, model)
-    (latent,) = ZImageEmptyLatent().generate(32, 48, 2)
-    cond = [[FEATURES[0][None], {}]]
-    final, mid = ZImageTwoStepSampler().run(step_model, cond, latent, seed=2)
-    assert final["samples"].shape == mid["samples"].shape == (2, 16, 6, 4)
-    saved = ZImageSaveStepBundle().save(step_model, "my_bundle", 0.4, 3.0, "x0_renoise")
-    assert saved["result"][0].endswith(os.path.join("zimage_bundles", "my_bundle.safetensors"))
-    assert "my_bundle.safetensors" in ZImageStepBundleLoader.INPUT_TYPES()["required"]["bundle_name"][0]
-    (bundle,) = ZImageStepBundleLoader().load("my_bundle.safetensors")
-    with_bundle = ZImageTwoStepSampler().run(bundle, cond, latent, seed=2, use_bundle_settings=True)[0]["samples"]
-    with_inputs = ZImageTwoStepSampler().run(step_model, cond, latent, seed=2, sigma_mid=0.4, step2_rule="x0_renoise")[0]["samples"]
-    assert torch.equal(with_bundle, with_inputs)
+    x = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(0))
+    renoise = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(1))
+    seen = []
+    f1 = lambda x, s: (seen.append(("one", s)), 0.5 * x + s)[1]
+    f2 = lambda x, s: (seen.append(("two", s)), -0.25 * x)[1]
+    for rule in ("euler", "x0_renoise"):
+        seen.clear()
+        steps = []
+        final, mid = two_step_loop(f1, f2, x, (1.0, 0.75, 0.0), rule, renoise, callback=lambda i, n, x0, steps=steps: steps.append(i))
+        v1 = 0.5 * x + 1.0
+        x0_1 = x - v1
+        x_mid = x - 0.25 * v1 if rule == "euler" else 0.75 * renoise + 0.25 * x0_1
+        assert torch.allclose(mid, x0_1) and torch.allclose(final, x_mid - 0.75 * (-0.25 * x_mid))
+        assert seen == [("one", 1.0), ("two", 0.75)] and steps == [0, 1]
 
 
 def test_module_holds_one_step_set_at_a_time(model_files, step2_file):
