@@ -20,10 +20,10 @@ from .json_text import parse_json
 
 _SAMPLERS = {"ZImageTurboSampler": "Z-Image Turbo (flow Euler)", "ZImageTwoStepSampler": "Z-Image 2-step",
              "ZImageTwinFlowSampler": "TwinFlow", "KSampler": "KSampler", "KSamplerAdvanced": "KSampler",
-             "ZImagePromptListGenerate": "Z-Image Turbo (flow Euler)"}
+             "ZImagePromptListGenerate": "Z-Image Turbo (flow Euler)", "SamplerCustomAdvanced": "SamplerCustomAdvanced"}
 # native model loaders: node → (its file input, the models folder)
 _MODEL_LOADERS = {"ZImageTransformerLoader": ("model_name", "diffusion_models"), "UNETLoader": ("unet_name", "diffusion_models"),
-                  "CheckpointLoaderSimple": ("ckpt_name", "checkpoints")}
+                  "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"), "ZImageStepBundleLoader": ("bundle_name", "zimage_bundles")}
 # LoRA nodes: node → (file input, strength input)
 _LORA_NODES = {"ZImageLoraLoader": ("lora_name", "strength"), "LoraLoader": ("lora_name", "strength_model"),
                "LoraLoaderModelOnly": ("lora_name", "strength_model")}
@@ -102,6 +102,15 @@ def generation_parameters(graph: dict, image_node: str, path_of: Callable[[str, 
             params[key] = inputs[key]
     if "noise_seed" in inputs and not isinstance(inputs["noise_seed"], list):  # KSamplerAdvanced
         params["seed"] = inputs["noise_seed"]
+    model_links = [inputs[k] for k in ("model", "step1_model", "step2_model") if k in inputs]
+    if sampler["class_type"] == "SamplerCustomAdvanced":  # its seed, prompt and model sit on its noise and guider nodes
+        noise, guider = _source(graph, inputs.get("noise")), _source(graph, inputs.get("guider"))
+        if noise is not None and not isinstance(noise[1]["inputs"].get("noise_seed"), list):
+            params["seed"] = noise[1]["inputs"].get("noise_seed")
+        if guider is not None:
+            inputs = {**guider[1]["inputs"], "latent_image": inputs.get("latent_image")}
+            inputs.setdefault("positive", inputs.get("conditioning"))
+            model_links = [inputs["model"]] if "model" in inputs else []
     params["prompt"] = _text(graph, inputs.get("positive")) or ""
     negative = _text(graph, inputs.get("negative")) if "negative" in inputs else None
     if negative is not None:
@@ -109,8 +118,7 @@ def generation_parameters(graph: dict, image_node: str, path_of: Callable[[str, 
     latent = _source(graph, inputs.get("latent_image"))
     if latent is not None and {"width", "height"} <= set(latent[1].get("inputs", {})):
         params["size"] = (latent[1]["inputs"]["width"], latent[1]["inputs"]["height"])
-    model_link = inputs.get("model", inputs.get("step_model"))
-    chain = [model_link]
+    chain = list(reversed(model_links))
     while chain:
         link = chain.pop()
         found = _source(graph, link)

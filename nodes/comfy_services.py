@@ -1,6 +1,6 @@
-"""The one place that touches ComfyUI's runtime (folder_paths, model management, progress bar,
-previews, interruption). Every service has a standalone fallback, so the nodes also run from a
-plain script or the tests with no ComfyUI installed."""
+"""The nodes' one way to ComfyUI's folders (models, input, output: every name confined to its folder) and
+its interruption. Each service also works without ComfyUI (a models root, ZIMAGE_INPUT_DIR,
+ZIMAGE_OUTPUT_DIR), so scripts and the default tests use the same confinement."""
 
 from __future__ import annotations
 
@@ -8,24 +8,20 @@ import errno
 import logging
 import os
 
-import torch
 
-from ..loaders import residency
 from ..loaders.errors import ZImageInputError
 from ..loaders.confined_paths import check_output_prefix, resolve_inside
 from ..loaders.file_names import clean_file_name, free_path
-from ..samplers.memory_budget import check_sampling_fits, check_vae_fits
 
 log = logging.getLogger("zimage")
 
 try:  # inside ComfyUI
     import comfy.model_management as _mm
-    import comfy.utils as _comfy_utils
     import folder_paths as _folder_paths
 
     IN_COMFYUI = True
 except ImportError:  # a script or the tests
-    _mm = _comfy_utils = _folder_paths = None
+    _mm = _folder_paths = None
     IN_COMFYUI = False
 
 BUNDLE_FOLDER = "zimage_bundles"  # 2-step (step-decoupled) bundles: models/zimage_bundles
@@ -36,12 +32,6 @@ if IN_COMFYUI and BUNDLE_FOLDER not in _folder_paths.folder_names_and_paths:
 _standalone_root = os.environ.get("ZIMAGE_MODELS_DIR", "")
 DIFFUSERS_FOLDER = "diffusers"
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".gguf")
-
-
-def set_models_root(path: str) -> None:
-    """Where the standalone fallback looks for model folders (ComfyUI's layout)."""
-    global _standalone_root
-    _standalone_root = path
 
 
 def _folder_dirs(folder: str) -> list[str]:
@@ -96,50 +86,6 @@ def new_model_path(folder: str, filename: str, overwrite: bool = False) -> str:
         raise ZImageInputError("filename", f"no '{folder}' models folder", "ComfyUI's models folder", "run inside ComfyUI or set ZIMAGE_MODELS_DIR")
     os.makedirs(dirs[0], exist_ok=True)
     return free_path(dirs[0], name, overwrite)
-
-
-class _Held(torch.nn.Module):
-    """The container ComfyUI's ModelPatcher holds: it writes ``.device`` and its bookkeeping onto the
-    model it manages, and diffusers' and transformers' models have a read-only ``.device``."""
-
-    def __init__(self, inner: torch.nn.Module):
-        super().__init__()
-        self.inner = inner
-
-
-class _ComfyMemory(residency.HostMemoryManager):
-    """Our models in ComfyUI's memory manager: each wrapped once in a ModelPatcher and loaded with
-    ``load_models_gpu``, so they sit in ``current_loaded_models`` and ComfyUI can evict them (when
-    VAEDecode, an upscaler or another pack needs the VRAM, and on POST /free)."""
-
-    def patcher(self, module: torch.nn.Module):
-        patcher = module.__dict__.get("_zimage_patcher")
-        if patcher is None:
-            import comfy.model_patcher
-
-            patcher = comfy.model_patcher.ModelPatcher(_Held(module), load_device=_mm.get_torch_device(), offload_device=_mm.unet_offload_device())
-            module.__dict__["_zimage_patcher"] = patcher
-        return patcher
-
-    def load(self, modules, device, extra_bytes):
-        # a full load: ComfyUI's partial (lowvram) loading casts only its own layer types
-        _mm.load_models_gpu([self.patcher(m) for m in modules], memory_required=extra_bytes, force_full_load=True)
-
-    def evictable_bytes(self, device, module):
-        # every model ComfyUI holds on the device can be offloaded by its free_memory, ours included
-        return sum(loaded.model_loaded_memory() for loaded in list(_mm.current_loaded_models)
-                   if loaded.model is not None and loaded.device == device)
-
-    def release(self, module):
-        patcher = module.__dict__.get("_zimage_patcher")
-        for loaded in list(_mm.current_loaded_models):
-            if patcher is not None and loaded.model is patcher:
-                loaded.model_unload()
-                _mm.current_loaded_models.remove(loaded)
-
-
-if IN_COMFYUI:
-    residency.set_host_memory_manager(_ComfyMemory())
 
 
 def find_model(folder: str, name: str) -> str | None:
@@ -199,99 +145,6 @@ def input_file(name: str, what: str = "image", expected: str = "a PNG or WebP") 
     return path
 
 
-def bundled_tokenizer_dir() -> str:
-    """ComfyUI ships the Qwen2 BPE tokenizer files; standalone, ZIMAGE_TOKENIZER_DIR points at a copy."""
-    if IN_COMFYUI:
-        # ``comfy`` is a namespace package (no __file__); model_management.py sits in it
-        return os.path.join(os.path.dirname(os.path.realpath(_mm.__file__)), "text_encoders", "qwen25_tokenizer")
-    return os.environ.get("ZIMAGE_TOKENIZER_DIR", "")
-
-
-def compute_device() -> torch.device:
-    return _mm.get_torch_device() if IN_COMFYUI else residency.pick_device()
-
-
-def make_room(need_bytes: int, device: torch.device) -> None:
-    if IN_COMFYUI:
-        _mm.free_memory(need_bytes, device)
-
-
-def to_compute_device(module: torch.nn.Module, keep: tuple = ()) -> torch.device:
-    device = compute_device()
-    residency.place(module, device, make_room, keep)
-    return device
-
-
-def enable_offload(cnet, device: torch.device) -> None:
-    """diffusers' group offloading at leaf level: each layer of the control branch is brought to the
-    device when it runs (prefetched on a side stream on CUDA). Leaf level, because the pack calls the
-    control blocks one by one and never the ControlNet's own forward, where block-level offloading
-    would load the remaining parts."""
-    if getattr(cnet.module, "_zimage_group_offload", None) == device:
-        return
-    cnet.module.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
-                                     use_stream=device.type == "cuda")
-    cnet.module._zimage_group_offload = device
-
-
-def prepare_model_for_sampling(model, batch: int, height: int, width: int, cfg: bool = False) -> torch.device:
-    """Everything one sampling run needs on the compute device: first the check that the run fits
-    (refused before anything moves or is allocated), then ControlNet hint latents (the VAE visits the
-    device alone), the ControlNets (streamed block by block from the host when loaded with offload),
-    and the transformer."""
-    device = compute_device()
-    check_sampling_fits(model, batch, height, width, cfg, device)
-    controls = getattr(model, "controls", ())
-    for spec in controls:
-        check_vae_fits(spec.vae, height * 8, width * 8, batch, 0, False, device)
-    for spec in controls:
-        to_compute_device(spec.vae.model)
-        spec.control_latents(batch, height, width, torch.device("cpu"), torch.float32)
-    resident = []
-    for spec in controls:
-        cnet = spec.controlnet
-        if cnet.offload and device.type != "cpu":
-            enable_offload(cnet, device)
-        else:
-            to_compute_device(cnet.module, keep=tuple(resident))
-            resident.append(cnet.module)
-    activations = residency.transformer_activation_bytes(model.module, batch, height, width, dtype=model.compute_dtype)
-    mode = residency.place_transformer(model.module, device, getattr(model, "memory_mode", "auto"), activations, make_room, keep=tuple(resident))
-    if mode != "full":
-        log.info("Z-Image: transformer in %s mode on %s", mode, device)
-    return device
-
-
 def check_interrupt() -> None:
     if IN_COMFYUI:
         _mm.throw_exception_if_processing_interrupted()
-
-
-class Progress:
-    """ComfyUI's progress bar with live latent previews; a log line per step standalone."""
-
-    def __init__(self, total: int, device: torch.device):
-        self.total = total
-        self.bar = _comfy_utils.ProgressBar(total) if IN_COMFYUI else None
-        self.previewer = _previewer(device) if IN_COMFYUI else None
-
-    def __call__(self, step: int, total: int, x0_model_space: torch.Tensor) -> None:
-        if self.bar is None:
-            log.debug("step %d/%d", step + 1, total)
-            return
-        preview = None
-        if self.previewer is not None:
-            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0_model_space.float())
-        self.bar.update_absolute(step + 1, total, preview)
-
-
-def _previewer(device):
-    """ComfyUI's own previewer for FLUX-VAE latents, honouring the user's preview setting."""
-    try:
-        import comfy.latent_formats
-        import latent_preview
-
-        return latent_preview.get_previewer(device, comfy.latent_formats.Flux())
-    except Exception as exc:  # previews are a nicety: never fail a run for them
-        log.warning("Z-Image: no live previews (%s)", exc)
-        return None

@@ -1,4 +1,4 @@
-"""VAE decode and encode."""
+"""Pictures with how they were made: save with metadata, read it back."""
 
 from __future__ import annotations
 
@@ -6,62 +6,15 @@ import json
 import os
 
 import torch
+from comfy_api.latest import io
 
 from ..loaders.confined_paths import check_output_prefix
 from ..loaders.errors import ZImageInputError
 from ..loaders.image_metadata import generation_parameters, parameters_text, read_metadata, save_image
-from ..loaders.vae import decode, encode
-from ..samplers.latents import check_latent
-from ..samplers.memory_budget import check_vae_fits
 from . import comfy_services as services
-from .sampling_nodes import latent_samples
-from .types import CATEGORY, ZIMAGE_VAE
+from .types import CATEGORY
 
 PICTURE_TYPES = (".png", ".webp")
-_TILE = ("INT", {"default": 0, "min": 0, "max": 4096, "step": 64, "tooltip": "0 = whole image at once. Otherwise tile size in pixels, to decode large images in less memory."})
-
-
-class ZImageVAEDecode:
-    DESCRIPTION = "Decodes a Z-Image latent to an image with the FLUX.1 VAE; tiled for large images."
-    CATEGORY = f"{CATEGORY}/latent"
-    RETURN_TYPES = ("IMAGE",)
-    OUTPUT_TOOLTIPS = ("Images [batch, height, width, 3] in 0..1.",)
-    FUNCTION = "decode"
-    SEARCH_ALIASES = ["vae decode", "latent to image"]
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"vae": (ZIMAGE_VAE, {"tooltip": "From Z-Image VAE Loader."}), "samples": ("LATENT", {"tooltip": "From a Z-Image sampler or KSampler."}), "tile_size": _TILE}}
-
-    def decode(self, vae, samples, tile_size=0):
-        latent = latent_samples(samples, "samples")
-        check_latent(latent, "samples")
-        check_vae_fits(vae, latent.shape[2] * 8, latent.shape[3] * 8, latent.shape[0], tile_size, True, services.compute_device())
-        services.to_compute_device(vae.model)
-        return (decode(vae, latent, tile_size),)
-
-
-class ZImageVAEEncode:
-    DESCRIPTION = "Encodes an image to a Z-Image latent with the FLUX.1 VAE (for image-to-image with denoise < 1)."
-    CATEGORY = f"{CATEGORY}/latent"
-    RETURN_TYPES = ("LATENT",)
-    OUTPUT_TOOLTIPS = ("The image's latent in ComfyUI's raw VAE space.",)
-    FUNCTION = "encode"
-    SEARCH_ALIASES = ["vae encode", "image to latent"]
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"vae": (ZIMAGE_VAE, {"tooltip": "From Z-Image VAE Loader."}), "pixels": ("IMAGE", {"tooltip": "Width and height multiples of 16."}), "tile_size": _TILE}}
-
-    def encode(self, vae, pixels, tile_size=0):
-        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[-1] < 3:
-            raise ZImageInputError("pixels", f"{getattr(pixels, 'shape', type(pixels).__name__)}", "an IMAGE [batch, height, width, 3]", "connect a Load Image node")
-        h, w = pixels.shape[1:3]
-        if h % 16 or w % 16:
-            raise ZImageInputError("pixels", f"an image of {w}×{h}", "width and height multiples of 16", "crop or scale the image first (e.g. ImageScale to a multiple of 16)")
-        check_vae_fits(vae, h, w, pixels.shape[0], tile_size, False, services.compute_device())
-        services.to_compute_device(vae.model)
-        return ({"samples": encode(vae, pixels, tile_size)},)
 
 
 def save_pictures(images: torch.Tensor, prefix: str, extension: str, prompt, extra_pnginfo, text: str) -> list[dict]:
@@ -75,61 +28,70 @@ def save_pictures(images: torch.Tensor, prefix: str, extension: str, prompt, ext
     return saved
 
 
-class ZImageSaveImage:
-    DESCRIPTION = ("Saves images as PNG or WebP with how they were made: ComfyUI's prompt and workflow (drag the picture onto the "
-                   "canvas to get the graph back) and the plain 'parameters' text image sites read: prompt, negative, seed, steps, "
-                   "sampler settings, the model, LoRAs and ControlNets with strengths and SHA-256 hashes.")
-    CATEGORY = f"{CATEGORY}/image"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("parameters",)
-    OUTPUT_TOOLTIPS = ("The parameters text written into the pictures.",)
-    OUTPUT_NODE = True
-    FUNCTION = "save"
-    SEARCH_ALIASES = ["save image metadata", "save png info", "save webp"]
+def shown(saved: list[dict]) -> list[dict]:
+    """ComfyUI's ui entries of saved pictures (no server paths)."""
+    return [{k: v for k, v in s.items() if k != "path"} for s in saved]
+
+
+class ZImageSaveImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageSaveImage", display_name="Z-Image Save Image (with metadata)", category=f"{CATEGORY}/image",
+            description=("Saves images as PNG or WebP with how they were made: ComfyUI's prompt and workflow (drag the picture onto the "
+                         "canvas to get the graph back) and the plain 'parameters' text image sites read: prompt, negative, seed, steps, "
+                         "sampler settings, the model, LoRAs and ControlNets with strengths and SHA-256 hashes (native graphs and the pack's)."),
+            search_aliases=["save image metadata", "save png info", "save webp"],
+            inputs=[
+                io.Image.Input("images", tooltip="From a VAE Decode."),
+                io.String.Input("filename_prefix", default="z-image", tooltip="File name start, in ComfyUI's output folder (subfolders allowed: people/z-image; no '..', no hidden names)."),
+                io.Combo.Input("format", options=["png", "webp"], default="png", tooltip="png: lossless, read everywhere. webp: smaller; the metadata goes into EXIF."),
+            ],
+            outputs=[io.String.Output(display_name="parameters", tooltip="The parameters text written into the pictures.")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo, io.Hidden.unique_id],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "images": ("IMAGE", {"tooltip": "From a VAE Decode."}),
-            "filename_prefix": ("STRING", {"default": "z-image", "tooltip": "File name start, in ComfyUI's output folder (subfolders allowed: people/z-image; no '..', no hidden names)."}),
-            "format": (["png", "webp"], {"default": "png", "tooltip": "png: lossless, read everywhere. webp: smaller; the metadata goes into EXIF."}),
-        }, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, filename_prefix):
+    def validate_inputs(cls, filename_prefix):
         try:  # at queue time: a bad name fails before anything runs
             check_output_prefix(filename_prefix)
         except ZImageInputError as err:
             return str(err)
         return True
 
-    def save(self, images, filename_prefix="z-image", format="png", prompt=None, extra_pnginfo=None, unique_id=None):
+    @classmethod
+    def execute(cls, images, filename_prefix="z-image", format="png") -> io.NodeOutput:
+        prompt, unique_id = cls.hidden.prompt, cls.hidden.unique_id
         params = generation_parameters(prompt or {}, str(unique_id), services.find_model) if prompt and unique_id is not None else {}
         text = parameters_text(params) if params.get("sampler") else ""
-        saved = save_pictures(images, filename_prefix, format, prompt, extra_pnginfo, text)
-        return {"ui": {"images": [{k: v for k, v in s.items() if k != "path"} for s in saved]}, "result": (text,)}
+        saved = save_pictures(images, filename_prefix, format, prompt, cls.hidden.extra_pnginfo, text)
+        return io.NodeOutput(text, ui={"images": shown(saved)})
 
 
-class ZImageReadMetadata:
-    DESCRIPTION = "Reads what a picture carries: the parameters text and the workflow (PNG or WebP from ComfyUI or this pack)."
-    CATEGORY = f"{CATEGORY}/image"
-    RETURN_TYPES = ("STRING", "STRING", "STRING")
-    RETURN_NAMES = ("parameters", "prompt_json", "workflow_json")
-    OUTPUT_TOOLTIPS = ("The A1111-style parameters text ('' if none).", "The API graph as JSON ('' if none).", "The UI workflow as JSON ('' if none).")
-    FUNCTION = "read"
-    SEARCH_ALIASES = ["png info", "read metadata", "image parameters"]
+class ZImageReadMetadata(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageReadMetadata", display_name="Z-Image Read Image Metadata", category=f"{CATEGORY}/image",
+            description="Reads what a picture carries: the parameters text and the workflow (PNG or WebP from ComfyUI or this pack).",
+            search_aliases=["png info", "read metadata", "image parameters"],
+            inputs=[io.Combo.Input("image", options=services.input_files(PICTURE_TYPES), upload=io.UploadType.image,
+                                   tooltip="A PNG or WebP in ComfyUI's input folder (upload one with the button).")],
+            outputs=[io.String.Output(display_name="parameters", tooltip="The A1111-style parameters text ('' if none)."),
+                     io.String.Output(display_name="prompt_json", tooltip="The API graph as JSON ('' if none)."),
+                     io.String.Output(display_name="workflow_json", tooltip="The UI workflow as JSON ('' if none).")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"image": (services.input_files(PICTURE_TYPES), {"image_upload": True, "tooltip": "A PNG or WebP in ComfyUI's input folder (upload one with the button)."})}}
-
-    @classmethod
-    def IS_CHANGED(cls, image):
+    def fingerprint_inputs(cls, image):
         try:  # a replaced file of the same name is read again
             return os.path.getmtime(services.input_file(image))
         except (OSError, ZImageInputError):
             return ""
 
-    def read(self, image):
+    @classmethod
+    def execute(cls, image) -> io.NodeOutput:
         meta = read_metadata(services.input_file(image), shown_name=image)
-        return (meta.get("parameters", ""), json.dumps(meta["prompt"]) if "prompt" in meta else "", json.dumps(meta["workflow"]) if "workflow" in meta else "")
+        return io.NodeOutput(meta.get("parameters", ""), json.dumps(meta["prompt"]) if "prompt" in meta else "",
+                             json.dumps(meta["workflow"]) if "workflow" in meta else "")

@@ -11,14 +11,46 @@ from __future__ import annotations
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
-import comfy.utils
+import latent_preview
 import torch
 
 from ..loaders.errors import ZImageInputError
+from ..samplers.conditioning import features_from_conditioning
 from ..samplers.latents import comfy_noise
 from ..samplers.memory_budget import CAPTION_TOKENS, GIB, _largest_square, _SAFETY, capacity
 from ..samplers.schedules import check_steps, turbo_sigmas
 from ..samplers.turbo import cfg_active, guided
+
+
+def check_zimage_model(model, what: str = "model") -> None:
+    """Refuse, by name, a MODEL that is not ComfyUI's Z-Image (another architecture, or not a MODEL)."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    found = type(config).__name__ if config is not None else type(model).__name__
+    if found != "ZImage":
+        raise ZImageInputError(what, f"a {found} model" if config is not None else f"a {found}", "a Z-Image MODEL (Turbo, Base or TwinFlow)",
+                               "load Z-Image with Load Diffusion Model or the Z-Image Transformer Loader")
+
+
+def check_conditioning(model, conditioning, what: str = "positive") -> None:
+    """Refuse, by name, a CONDITIONING this Z-Image cannot take (another text encoder's features), before
+    ComfyUI's model would fail deep inside with a shape error. Several entries (ConditioningCombine) are fine."""
+    size = model.model.diffusion_model.cap_embedder[0].weight.shape[0]
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        features_from_conditioning(conditioning, size, 1, what)  # raises its error for this
+    for entry in conditioning:
+        tensor = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
+        batch = tensor.shape[0] if isinstance(tensor, torch.Tensor) and tensor.ndim == 3 else 1
+        features_from_conditioning([entry], size, batch, what)
+
+
+def encode_text(clip, text: str):
+    """CONDITIONING of ``text`` through a native CLIP, as CLIP Text Encode makes it."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def text_tokens(clip, text: str) -> int:
+    """How many tokens ``text`` becomes in the CLIP's template (for the memory check)."""
+    return sum(len(batch) for batches in clip.tokenize(text).values() for batch in batches)
 
 
 def cfg_function(truncation: float, renorm: float):
@@ -67,6 +99,10 @@ def sample_turbo(model, positive, negative, latent: dict, seed: int, steps: int 
     """A LATENT sampled on ``model`` (a Z-Image MODEL) as KSampler would with euler on this schedule;
     ``negative`` is needed (and used) only with cfg > 1."""
     check_steps(steps)
+    check_zimage_model(model)
+    check_conditioning(model, positive, "positive")
+    if cfg != 1.0 and negative is not None:
+        check_conditioning(model, negative, "negative")
     samples = latent["samples"]
     check_native_sampling_fits(model, samples.shape[0], samples.shape[-2], samples.shape[-1], cfg != 1.0)
     sigmas = turbo_sigmas(steps, shift, denoise)
@@ -76,7 +112,7 @@ def sample_turbo(model, positive, negative, latent: dict, seed: int, steps: int 
         sampling_model.set_model_sampler_cfg_function(cfg_function(cfg_truncation, cfg_renorm))
     samples = comfy.sample.fix_empty_latent_channels(sampling_model, samples, latent.get("downscale_ratio_spacial"))
     noise = comfy_noise(samples.shape, seed)  # the noise KSampler makes for this seed (comfy.sample.prepare_noise)
-    callback = _progress(steps)
+    callback = latent_preview.prepare_callback(sampling_model, steps)  # KSampler's progress bar and live previews
     out = comfy.sample.sample_custom(sampling_model, noise, cfg, comfy.samplers.sampler_object("euler"), sigmas, positive,
                                      negative if negative is not None else [], samples, noise_mask=latent.get("noise_mask"),
                                      callback=callback, disable_pbar=disable_pbar, seed=seed)
@@ -84,8 +120,3 @@ def sample_turbo(model, positive, negative, latent: dict, seed: int, steps: int 
     result.pop("downscale_ratio_spacial", None)
     result["samples"] = out
     return result
-
-
-def _progress(steps: int):
-    bar = comfy.utils.ProgressBar(steps)
-    return lambda step, x0, x, total: bar.update_absolute(step + 1, total)

@@ -1,9 +1,5 @@
-"""Socket type names. Our models get their own types so ComfyUI refuses a wrong wire at validation
-instead of failing mid-run (a native MODEL into our sampler, ours into KSampler)."""
+"""The pack's node category, and its one socket type of its own: inside ComfyUI the models are native (MODEL,
+CLIP, VAE); the ControlNet keeps a type of its own (ComfyUI's ModelPatchLoader gives another object)."""
 
-ZIMAGE_MODEL = "ZIMAGE_MODEL"
-ZIMAGE_TEXT_ENCODER = "ZIMAGE_TEXT_ENCODER"
-ZIMAGE_VAE = "ZIMAGE_VAE"
 CATEGORY = "Z-Image"
-ZIMAGE_STEP_MODEL = "ZIMAGE_STEP_MODEL"
 ZIMAGE_CONTROLNET = "ZIMAGE_CONTROLNET"

@@ -15,12 +15,12 @@ from ..loaders.errors import ZImageInputError
 def features_from_conditioning(conditioning, feature_dim: int, batch_size: int, what: str = "positive") -> list[torch.Tensor]:
     """One ``[L_i, C]`` float32 tensor per image in the batch."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
-        raise ZImageInputError(what, f"{type(conditioning).__name__} {conditioning!r:.60}", "CONDITIONING from a text encode node", "connect a Z-Image Text Encode (or CLIPTextEncode with a Qwen3-4B clip)")
+        raise ZImageInputError(what, f"{type(conditioning).__name__} {conditioning!r:.60}", "CONDITIONING from a text encode node", "connect a CLIP Text Encode with the Z-Image CLIP (Load CLIP, type lumina2)")
     features: list[torch.Tensor] = []
     for entry in conditioning:
         tensor, extra = entry[0], (entry[1] if len(entry) > 1 else {})
         if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
-            raise ZImageInputError(what, f"a conditioning tensor of shape {getattr(tensor, 'shape', None)}", "[batch, tokens, 2560]", "connect a Z-Image Text Encode node")
+            raise ZImageInputError(what, f"a conditioning tensor of shape {getattr(tensor, 'shape', None)}", "[batch, tokens, 2560]", "connect a CLIP Text Encode with the Z-Image CLIP (Load CLIP, type lumina2)")
         if tensor.shape[-1] != feature_dim:
             raise ZImageInputError(
                 what, f"text features of size {tensor.shape[-1]}", f"{feature_dim} (the Qwen3-4B text encoder this transformer was trained with)",

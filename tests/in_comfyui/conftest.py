@@ -4,7 +4,7 @@ with ZIMAGE_COMFYUI_PYTHON when a ComfyUI is found (tests/comfyui_harness.py).""
 
 from __future__ import annotations
 
-import importlib.util
+import runpy
 import sys
 from pathlib import Path
 
@@ -19,27 +19,8 @@ from comfyui_harness import find_comfyui  # noqa: E402
 COMFYUI = find_comfyui()
 if COMFYUI is None:
     raise pytest.UsageError("tests/in_comfyui needs a ComfyUI (COMFYUI_DIR, the one the pack is installed in, or ../shared/comfyui)")
-sys.path.insert(0, str(COMFYUI))
-_argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]  # ComfyUI reads its flags at import
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()
-import comfy.cli_args  # noqa: E402,F401
-import comfy.model_management  # noqa: E402,F401
-
-sys.argv = _argv
-
-
-def _import_pack():
-    if "zimage_pack" in sys.modules:  # tests/conftest.py, loaded first, imported it already
-        return
-    spec = importlib.util.spec_from_file_location("zimage_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["zimage_pack"] = pack
-    spec.loader.exec_module(pack)
-
-
-_import_pack()
+_runtime = runpy.run_path(str(ROOT / "workflows" / "comfy_runtime.py"))  # by path: the pack's folder names (nodes/) must not shadow ComfyUI's
+_runtime["import_comfyui"](str(COMFYUI))  # with --cpu, before anything imports comfy; the pack as zimage_pack
 
 
 @pytest.fixture(scope="session")

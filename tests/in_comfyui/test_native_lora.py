@@ -75,3 +75,25 @@ def test_native_loraloader_drops_musubis_attention_keys_and_ours_applies_them(na
     ours, report = add_lora(native, path, 1.0)
     assert not report.not_applied and len(report.applied) == len(comfy.utils.load_torch_file(path))
     assert not torch.equal(_patched_weights(ours, [attention])[attention], before[attention])
+
+
+def test_a_lora_on_an_fp8_model_is_applied_as_on_bf16(model_file, native, engine, tmp_path):
+    """UNETLoader's weight_dtype fp8_e4m3fn: ComfyUI applies the patches to the fp8 weights itself. One
+    sampling step with the LoRA on fp8 lands within fp8's rounding of the same step on bf16, and far
+    nearer to it than the fp8 model without the LoRA."""
+    from zimage_pack.nodes.native_sampling import sample_turbo
+
+    fp8 = comfy.sd.load_diffusion_model(model_file, model_options={"dtype": torch.float8_e4m3fn})
+    assert fp8.model.diffusion_model.layers[0].attention.qkv.weight.dtype == torch.float8_e4m3fn
+    path = trainer_formats.CASES["ai-toolkit-bf16"](engine.module).write(tmp_path / "lora.safetensors")
+    positive = [[torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(5)), {}]]
+
+    def step(model):
+        return sample_turbo(model, positive, None, {"samples": torch.zeros(1, 16, 8, 8)}, seed=3, steps=1, disable_pbar=True)["samples"]
+
+    with_lora_bf16 = step(add_lora(native, path, 4.0)[0])
+    with_lora_fp8 = step(add_lora(fp8, path, 4.0)[0])
+    without_fp8 = step(fp8)
+    err = (with_lora_fp8 - with_lora_bf16).abs().max().item()
+    assert err < 0.25 * (without_fp8 - with_lora_bf16).abs().max().item(), err
+    assert fp8.model.diffusion_model.layers[0].attention.qkv.weight.dtype == torch.float8_e4m3fn
