@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 
 SAMPLERS = ("ZImageTurboSampler", "ZImageTwoStepSampler", "ZImageTwinFlowSampler", "ZImagePromptListGenerate", "KSampler", "KSamplerAdvanced")
-TEXT_NODES = ("ZImageTextEncode", "CLIPTextEncode")
+TEXT_NODES = ("CLIPTextEncode",)
 LATENTS = ("ZImageEmptyLatent", "EmptySD3LatentImage", "EmptyLatentImage", "ZImagePromptListGenerate")
 LORAS = {"ZImageLoraLoader": ("strength",), "LoraLoader": ("strength_model",), "LoraLoaderModelOnly": ("strength_model",),
          "ZImageLoraStack": ("strength_1", "strength_2", "strength_3", "strength_4")}

@@ -1,19 +1,21 @@
-"""Bad prompts through a real ComfyUI's HTTP API (main.py --cpu on loopback, this pack in custom_nodes,
-tiny models from a seed): no file outside ComfyUI's folders is read, no input takes the server down
-(a watchdog kills it past 8 GiB and the test fails), every bad file or name gets the pack's error, and
+"""The pack in a real ComfyUI through its HTTP API (main.py --cpu on loopback, this pack in custom_nodes,
+models from a seed at the shapes ComfyUI builds: tests/example_files.py): every example workflow runs as
+shipped; no file outside ComfyUI's folders is read, no input takes the server down
+(a watchdog kills it past 16 GiB and the test fails), every bad file or name gets the pack's error, and
 the next prompt runs. The same cases without ComfyUI: tests/test_confinement.py."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from comfyui_harness import ComfyServer, comfyui_python, execution_error, find_comfyui
-from conftest import write_example_files
+from comfyui_harness import ComfyServer, comfyui_python, execution_error, find_comfyui, rss_bytes
+from example_files import shrink_workflow, write_example_files
 
 pytestmark = pytest.mark.comfyui
 
@@ -23,17 +25,16 @@ RAW_ERRORS = ("RecursionError", "UnicodeDecodeError", "_csv.Error", "OSError", "
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from zimage_pack.loaders import demo_models as dm
-
     work = tmp_path_factory.mktemp("comfyui")
-    comfy = ComfyServer(find_comfyui(), comfyui_python(), work)
+    # a full-size Qwen3-4B in fp8 (~6.6 GB in ComfyUI) and thin real-width transformers (~2 GB each)
+    comfy = ComfyServer(find_comfyui(), comfyui_python(), work, memory_limit=16 * 2**30)
     outside = work / "outside"
     outside.mkdir()
     for suffix in (".txt", ".csv", ".png", ".safetensors"):
         (outside / f"secret{suffix}").write_text(SECRET + "\n")
     models = comfy.folder("models")
     inputs = comfy.folder("input")
-    write_example_files(models, inputs, dm.make_transformer(seed=0), dm.make_text_encoder(seed=1), dm.make_vae(seed=2))
+    write_example_files(models, inputs)
     for folder in LOADERS.values():
         (models / folder[2]).mkdir(parents=True, exist_ok=True)
         os.symlink(outside / "secret.safetensors", models / folder[2] / "link_out.safetensors")
@@ -97,11 +98,9 @@ def _text_to_image(changes: dict | None = None) -> dict:
     from zimage_pack.workflows import build
 
     with open(build.workflow_path("z_image_turbo_text_to_image_api.json"), encoding="utf-8") as handle:
-        prompt = json.load(handle)
+        prompt = shrink_workflow(json.load(handle))
     for node in prompt.values():
-        if node["class_type"] == "ZImageEmptyLatent":
-            node["inputs"].update(width=64, height=64)
-        if node["class_type"] == "ZImageTurboSampler":
+        if node["class_type"] == "KSampler":
             node["inputs"].update(steps=2)
     for (class_type, name), value in (changes or {}).items():
         next(n for n in prompt.values() if n["class_type"] == class_type)["inputs"][name] = value
@@ -182,17 +181,22 @@ def test_no_model_input_reads_outside_its_models_folder(server, loader):
         _assert_refused_without_content(server.run(_loader_graph(info, class_type, input_name, name)), "value_not_in_list")
 
 
-def test_the_text_to_image_workflow_runs_on_the_real_files(server):
-    result = server.run(_text_to_image())
+def test_the_native_text_to_image_graph_saves_how_each_picture_was_made(server):
+    from zimage_pack.loaders.image_metadata import read_metadata
+
+    result = server.run(_text_to_image({("KSampler", "seed"): 1234}))
     assert result["status"]["status_str"] == "success", _shown(result)
+    (image,) = [i for output in result["outputs"].values() for i in output.get("images", [])]
+    meta = read_metadata(str(server.home / "output" / image["subfolder"] / image["filename"]))
+    text = meta["parameters"]
+    assert "a red fox" in text and "Seed: 1234" in text and "z_image_turbo_bf16" in text, text  # read off UNETLoader, CLIPTextEncode, KSampler
+    assert meta["prompt"] and "workflow" not in meta or meta["workflow"] is not None
 
 
 @pytest.mark.parametrize("prefix, found", [("..", "'..' or '.' parts"), ("", "an empty name"), ("line\nbreak", "control characters"),
                                            ("nul\x00byte", "control characters"), ("x" * 5000, "a name of 5000 bytes"), ("../../escape", "'..' or '.' parts")])
 def test_bad_save_prefixes_get_the_packs_error(server, prefix, found):
-    prompt = _text_to_image()
-    save = next(k for k, n in prompt.items() if n["class_type"] == "SaveImage")
-    prompt[save] = {"class_type": "ZImageSaveImage", "inputs": {"images": prompt[save]["inputs"]["images"], "filename_prefix": prefix, "format": "png"}}
+    prompt = _text_to_image({("ZImageSaveImage", "filename_prefix"): prefix})
     text = _assert_refused_without_content(server.run(prompt), found)
     assert str(server.home) not in text and len(text) < 4000
 
@@ -217,7 +221,9 @@ def test_an_empty_latent_bigger_than_the_machine_is_refused_and_the_next_prompt_
     from zimage_pack.samplers.memory_budget import host_available
 
     batch = min(4096, 2 * host_available() // (16 * 2048 * 2048 * 4) + 1)  # twice the host's free memory: refused on any machine
-    prompt = _text_to_image({("ZImageEmptyLatent", "width"): 16384, ("ZImageEmptyLatent", "height"): 16384, ("ZImageEmptyLatent", "batch_size"): batch})
+    prompt = _text_to_image()
+    latent = next(k for k, n in prompt.items() if n["class_type"] == "EmptySD3LatentImage")
+    prompt[latent] = {"class_type": "ZImageEmptyLatent", "inputs": {"width": 16384, "height": 16384, "batch_size": batch}}
     _assert_refused_without_content(server.run(prompt, timeout=120), "Nothing was allocated")
     assert server.peak_rss < 8 * 2**30
     _assert_next_prompt_runs(server)
@@ -244,7 +250,7 @@ def test_the_queue_client_runs_a_table_on_the_real_server_exactly_once(server, t
     from zimage_pack.client.cli import main as queue_main
     from zimage_pack.workflows import build
 
-    rows = [{"job": f"fox-{i}", "prompt": f"a red fox number {i}", "seed": 40 + i, "width": 64, "height": 48, "steps": 2} for i in range(3)]
+    rows = [{"job": f"fox-{i}", "prompt": "a red fox", "seed": 40 + i, "width": 64, "height": 48, "steps": 2} for i in range(3)]
     table, out = _queue_table(tmp_path, rows), tmp_path / "out"
     before = _executed_prompt_ids(server)
     workflow = build.workflow_path("z_image_turbo_text_to_image_api.json")
@@ -279,15 +285,35 @@ def test_the_queue_client_checks_rows_against_the_real_servers_object_info(serve
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "example_workflows", "api"))))
 def test_every_example_api_workflow_runs_in_the_real_comfyui(server, name):
-    """As a studio queues them (POST /prompt), at 64×48 (batch 2) and with the steps they ship."""
+    """As a studio queues them (POST /prompt), at 64×48 and with the steps they ship."""
     from zimage_pack.workflows import build
 
-    from test_workflows import _small  # the same graph at 64×48, as the headless tests shrink it
-
     with open(build.workflow_path(name), encoding="utf-8") as handle:
-        prompt = _small(json.load(handle))
+        prompt = shrink_workflow(json.load(handle))
     result = server.run(prompt)
     assert "refused" not in result, _shown(result)
     assert result["status"]["status_str"] == "success", _shown(execution_error(result) or result)
     saved = [image for output in result["outputs"].values() for image in output.get("images", []) if image.get("type") == "output"]
     assert saved, "the workflow saved no picture"
+
+
+def test_twenty_queued_prompts_keep_the_servers_memory_flat_and_free_unloads(server):
+    """Comfy-Org's 16 GB template ran out of memory on its second queued run (workflow_templates #340):
+    here 20 runs of the text-to-image workflow (2 steps, new seed each) after a first one."""
+    def run(seed):
+        result = server.run(_text_to_image({("KSampler", "seed"): seed}))
+        assert result["status"]["status_str"] == "success", _shown(result)
+
+    run(0)
+    after_first = rss_bytes(server.proc.pid)
+    for seed in range(1, 21):
+        run(seed)
+    growth = rss_bytes(server.proc.pid) - after_first
+    assert growth < 512 * 2**20, f"the server grew by {growth / 2**20:.0f} MiB over 20 prompts"
+    status, _ = server.post("/free", {"unload_models": True, "free_memory": True})
+    assert status == 200
+    deadline = time.time() + 60  # ComfyUI frees between prompts, on its own thread
+    while time.time() < deadline and rss_bytes(server.proc.pid) > after_first - 4 * 2**30:
+        time.sleep(0.5)
+    assert rss_bytes(server.proc.pid) < after_first - 4 * 2**30, "POST /free did not unload the models (the 4 GB text encoder is still held)"
+    run(21)  # and the next prompt loads them again

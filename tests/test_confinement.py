@@ -1,4 +1,5 @@
-"""Bad prompts, without ComfyUI: every input that names a file stays inside its folder, every bad file
+"""Bad prompts, without ComfyUI (the services the nodes call: nodes/comfy_services.py, the prompt-file
+reader, the memory checks): every input that names a file stays inside its folder, every bad file
 or name gets the pack's error (no library exception, no server path, no file content, no hint whether
 something outside exists), and no list or latent bigger than the machine is built. The same through a
 real ComfyUI's HTTP API: tests/test_comfyui_api.py."""
@@ -14,11 +15,16 @@ from PIL.PngImagePlugin import PngInfo
 from zimage_pack.loaders.confined_paths import check_output_prefix, resolve_inside
 from zimage_pack.loaders.errors import ZImageInputError
 from zimage_pack.loaders.image_metadata import read_metadata
-from zimage_pack.nodes import batch_nodes, comfy_services, image_nodes, sampling_nodes
+from zimage_pack.nodes import comfy_services
 from zimage_pack.samplers import memory_budget
 from zimage_pack.samplers.prompt_list import MAX_PROMPT_FILE_BYTES, MAX_PROMPT_ROWS, read_prompt_file
 
 SECRET = "SECRET-LINE-never-shown"
+
+
+def _read_prompt_file_input(name):
+    """What Z-Image Prompt List does with its ``file`` input."""
+    return read_prompt_file(comfy_services.input_file(name, "file", "a .txt, .csv or .jsonl file"), shown_name=name)
 
 
 @pytest.fixture()
@@ -59,30 +65,31 @@ def _outside_names(folders, suffix):
 @pytest.mark.parametrize("case", ["absolute", "dotdot", "dotdot_deep"])
 def test_the_prompt_file_cannot_leave_the_input_folder(folders, case):
     name = _outside_names(folders, ".txt")[case]
-    _refused(lambda: batch_nodes.ZImagePromptList().make("", 0, "fixed", file=name), "file:", "ComfyUI's input folder")
+    _refused(lambda: _read_prompt_file_input(name), "file:", "ComfyUI's input folder")
 
 
 def test_an_outside_file_that_exists_and_one_that_does_not_get_the_same_answer(folders):
     """The error cannot be used to ask whether a path outside exists."""
     names = _outside_names(folders, ".txt")
     for there, missing in (("absolute", "absolute_missing"), ("dotdot", "dotdot_missing")):
-        first = _refused(lambda: batch_nodes.ZImagePromptList().make("", 0, "fixed", file=names[there]))
-        second = _refused(lambda: batch_nodes.ZImagePromptList().make("", 0, "fixed", file=names[missing]))
+        first = _refused(lambda: _read_prompt_file_input(names[there]))
+        second = _refused(lambda: _read_prompt_file_input(names[missing]))
         assert first.replace("secret", "absent") == second  # "absent": a name as long as "secret"
-    linked = _refused(lambda: batch_nodes.ZImagePromptList().make("", 0, "fixed", file="link_out.txt"), "a link that leads out of")
-    dangling = _refused(lambda: batch_nodes.ZImagePromptList().make("", 0, "fixed", file="link_nowhere.txt"), "a link that leads out of")
+    linked = _refused(lambda: _read_prompt_file_input("link_out.txt"), "a link that leads out of")
+    dangling = _refused(lambda: _read_prompt_file_input("link_nowhere.txt"), "a link that leads out of")
     assert linked.replace("link_out", "X") == dangling.replace("link_nowhere", "X")
 
 
 def test_a_file_inside_the_input_folder_still_works(folders):
-    prompts, _, _, count = batch_nodes.ZImagePromptList().make("", 0, "fixed", file="prompts.txt")
+    items = _read_prompt_file_input("prompts.txt")
+    prompts, count = [i.prompt for i in items], len(items)
     assert prompts == ["a red fox", "a lighthouse"] and count == 2
 
 
 @pytest.mark.parametrize("case", ["absolute", "dotdot", "link"])
 def test_read_image_metadata_cannot_leave_the_input_folder(folders, case):
     name = {**_outside_names(folders, ".png"), "link": "link_out.png"}[case]
-    _refused(lambda: image_nodes.ZImageReadMetadata().read(name), "image:")
+    _refused(lambda: read_metadata(comfy_services.input_file(name), shown_name=name), "image:")
 
 
 @pytest.mark.parametrize("case", ["absolute", "dotdot", "link"])
@@ -134,8 +141,6 @@ def test_bad_output_prefixes_are_refused_with_the_packs_error(prefix, found, tmp
     with pytest.raises(ZImageInputError) as err:
         comfy_services.output_image_path(prefix, 8, 8, "png")
     assert found in str(err.value) and str(tmp_path) not in str(err.value) and len(str(err.value)) < 600
-    verdict = image_nodes.ZImageSaveImage.VALIDATE_INPUTS(prefix)  # and at queue time
-    assert isinstance(verdict, str) and found in verdict
     assert list(tmp_path.iterdir()) == []
 
 
@@ -201,32 +206,22 @@ def host_with_4_gib(monkeypatch):
     monkeypatch.setattr(memory_budget, "host_available", lambda: 4 * 2**30)  # budget: half of it
 
 
-def test_an_empty_latent_bigger_than_the_host_is_refused_before_the_zeros_are_made(host_with_4_gib, monkeypatch):
-    monkeypatch.setattr(sampling_nodes, "empty_latent", lambda *a: pytest.fail("the latent was allocated"))
+def test_an_empty_latent_bigger_than_the_host_is_refused(host_with_4_gib):
     with pytest.raises(ZImageInputError) as err:
-        sampling_nodes.ZImageEmptyLatent().generate(16384, 16384, 64)
+        memory_budget.check_latent_fits(16384, 16384, 64)
     assert "16384×16384 × batch 64: a latent of ~16.0 GiB" in str(err.value) and "batch_size 8 fits at this size" in str(err.value)
+    memory_budget.check_latent_fits(1024, 1024, 4)
 
 
-def test_an_empty_latent_that_fits_is_made(host_with_4_gib):
-    (latent,) = sampling_nodes.ZImageEmptyLatent().generate(1024, 1024, 4)
-    assert latent["samples"].shape == (4, 16, 128, 128)
-
-
-def test_a_prompt_list_bigger_than_the_host_is_refused_before_it_is_multiplied_out(host_with_4_gib, monkeypatch):
-    lines = "\n".join(f"prompt number {i}, a red fox in snow" for i in range(10_000))
-    monkeypatch.setattr(batch_nodes, "assign_seeds", lambda *a: pytest.fail("the list was built"))
+def test_a_prompt_list_bigger_than_the_host_is_refused_before_it_is_multiplied_out(host_with_4_gib):
+    lines = [f"prompt number {i}, a red fox in snow" for i in range(10_000)]
     with pytest.raises(ZImageInputError) as err:
-        batch_nodes.ZImagePromptList().make(lines, 0, "increment", repeat=1000)
+        memory_budget.check_prompts_fit(lines, "prompts, file, repeat", 1000)
     text = str(err.value)
     assert "10000 prompts × repeat 1000" in text and "at most about" in text and "Nothing was encoded" in text
     most = int(text.split("at most about ")[1].split()[0])
     assert 1000 < most < 10_000 * 1000
-
-
-def test_a_prompt_list_that_fits_is_made(host_with_4_gib):
-    prompts, negatives, seeds, count = batch_nodes.ZImagePromptList().make("a\nb", 5, "increment", repeat=3)
-    assert count == 6 and seeds == [5, 6, 7, 8, 9, 10] and prompts == ["a", "b"] * 3
+    memory_budget.check_prompts_fit(["a", "b"], "prompts, file, repeat", 3)
 
 
 def test_encodings_are_estimated_at_most_one_token_per_byte_and_512_per_prompt():

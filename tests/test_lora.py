@@ -10,8 +10,6 @@ from zimage_pack.loaders import demo_loras
 from zimage_pack.loaders.errors import ZImageInputError
 from zimage_pack.loaders.lora_merge import merge_state, prepare_lora, sync_lora_stack
 from zimage_pack.loaders.transformer import load_transformer
-from zimage_pack.nodes.lora_nodes import ZImageLoraLoader, ZImageLoraStack
-from zimage_pack.nodes.sampling_nodes import ZImageTurboSampler
 
 
 @pytest.fixture()
@@ -133,8 +131,9 @@ def test_corrupt_lora_fails_clearly_and_next_prompt_runs(model, tmp_path):
     with pytest.raises(ZImageInputError) as info:
         prepare_lora(model.module, path, 1.0)
     assert "broken.safetensors" in str(info.value)
-    cond = [[torch.randn(1, 3, 32), {}]]
-    out = ZImageTurboSampler().run(model, cond, {"samples": torch.zeros(1, 16, 4, 4)}, seed=0, steps=2)[0]["samples"]
+    from zimage_pack.samplers.turbo import sample
+
+    out = sample(model, [torch.randn(3, 32)], torch.zeros(1, 16, 4, 4), seed=0, steps=2)
     assert torch.isfinite(out).all()
 
 
@@ -158,39 +157,6 @@ def test_failed_merge_leaves_model_unpatched(model, tmp_path, monkeypatch):
         sync_lora_stack(model.module, (patch,))
     assert all(torch.equal(v, before[k]) for k, v in model.module.state_dict().items())
     assert merge_state(model.module).applied == []
-
-
-def test_lora_nodes_return_new_models_and_sampling_merges_lazily(standalone_models, tmp_path):
-    from zimage_pack.nodes.loader_nodes import ZImageTransformerLoader
-
-    (base,) = ZImageTransformerLoader().load("z_image_tiny.safetensors")
-    loras = os.path.join(standalone_models["root"], "loras")
-    demo_loras.write_lora(base.module, os.path.join(loras, "style.safetensors"), "ai-toolkit", seed=5)
-    demo_loras.write_lora(base.module, os.path.join(loras, "detail.safetensors"), "lokr", seed=6)
-    assert "style.safetensors" in ZImageLoraLoader.INPUT_TYPES()["required"]["lora_name"][0]
-    original = _weights(base.module)
-    with_style, report = ZImageLoraLoader().load(base, "style.safetensors", 1.0)
-    both, report2 = ZImageLoraLoader().load(with_style, "detail.safetensors", 0.5)
-    assert base.lora_stack == () and len(with_style.lora_stack) == 1 and len(both.lora_stack) == 2
-    assert "applied 32 of 32 keys" in report and "NOT applied" not in report
-    assert all(torch.equal(v, original[k]) for k, v in base.module.state_dict().items())  # nothing merged yet
-    stacked, stack_report = ZImageLoraStack().load(base, lora_1="style.safetensors", strength_1=1.0, lora_2="None", strength_2=1.0,
-                                                   lora_3="detail.safetensors", strength_3=0.5, lora_4="None", strength_4=1.0)
-    assert stacked.lora_stack == both.lora_stack and "detail.safetensors" in stack_report
-
-    cond = [[torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(0)), {}]]
-    latent = {"samples": torch.zeros(1, 16, 4, 4)}
-    sampler = ZImageTurboSampler()
-    plain = sampler.run(base, cond, latent, seed=1, steps=2)[0]["samples"]
-    styled = sampler.run(both, cond, latent, seed=1, steps=2)[0]["samples"]
-    state = merge_state(base.module)
-    written = state.weights_written
-    for _ in range(20):  # 20 queued prompts with the same stack: merged once
-        again = sampler.run(both, cond, latent, seed=1, steps=2)[0]["samples"]
-    assert state.weights_written == written and torch.equal(again, styled)
-    assert (styled - plain).abs().max() > 1e-4
-    back = sampler.run(base, cond, latent, seed=1, steps=2)[0]["samples"]  # the base model again: LoRAs removed
-    assert torch.equal(back, plain)
 
 
 def test_merged_lora_sample_matches_diffusers_peft_unmerged(model_files, tiny_vae, tmp_path):

@@ -241,17 +241,6 @@ except ZImageInputError as err:
     assert grew < 16 * 2**20, grew  # the refusal: nothing big
 
 
-def test_the_sampler_node_refuses_before_moving_or_allocating(model_files, monkeypatch):
-    from zimage_pack.loaders.transformer import load_transformer
-    from zimage_pack.nodes.sampling_nodes import ZImageTurboSampler
-
-    model = load_transformer(model_files["comfy"])
-    monkeypatch.setattr(mb, "host_available", lambda: 1 << 20)  # a machine with 1 MiB free
-    monkeypatch.setattr(residency, "place_transformer", lambda *a, **k: pytest.fail("the model was moved before the check"))
-    with pytest.raises(ZImageInputError, match="latent_image"):
-        ZImageTurboSampler().run(model, [[torch.randn(1, 4, 32), {}]], {"samples": torch.zeros(1, 16, 64, 64)}, seed=1, steps=1)
-
-
 def test_refusal_names_the_largest_size_and_the_offload_mode_on_a_small_card(monkeypatch):
     model = _real_size("full")
     monkeypatch.setattr(mb, "capacity", lambda device: 8 * 2**30)  # an 8 GB card

@@ -51,13 +51,25 @@ def output_types(node_class) -> tuple:
     return tuple(node_class.RETURN_TYPES)
 
 
-def to_api(nodes: list[Node], display_names: dict | None = None) -> dict:
+def widget_defaults(input_types: dict) -> dict:
+    """The default of every widget input the node declares (what the frontend would send untouched)."""
+    defaults = {}
+    for section in ("required", "optional"):
+        for name, spec in input_types.get(section, {}).items():
+            options = spec[1] if len(spec) > 1 else {}
+            if name in widget_names({section: {name: spec}}) and "default" in options:
+                defaults[name] = options["default"]
+    return defaults
+
+
+def to_api(nodes: list[Node], classes: dict, display_names: dict | None = None) -> dict:
     display_names = display_names or {}
     prompt = {}
     for node in nodes:
         if node.class_type in VIRTUAL_NODES:
             continue
-        inputs = {k: ([str(v[0]), v[1]] if is_link(v) else v) for k, v in node.inputs.items()}
+        given = {k: ([str(v[0]), v[1]] if is_link(v) else v) for k, v in node.inputs.items()}
+        inputs = {**widget_defaults(classes[node.class_type].INPUT_TYPES()), **given}
         prompt[str(node.id)] = {"class_type": node.class_type, "inputs": inputs, "_meta": {"title": node.title or display_names.get(node.class_type, node.class_type)}}
     return prompt
 
@@ -92,7 +104,10 @@ def to_ui(nodes: list[Node], classes: dict) -> dict:
                 if name in node.inputs and is_link(node.inputs[name]):
                     link = next(link for link in links if link[3] == node.id and link[6] == name)
                     link[4] = len(inputs)
-                    inputs.append({"name": name, "type": spec[0], "link": link[0]})
+                    entry_input = {"name": name, "type": "COMBO" if isinstance(spec[0], list) else spec[0], "link": link[0]}
+                    if name in widget_names({section: {name: spec}}):  # a widget fed by a link (the frontend's converted widget)
+                        entry_input["widget"] = {"name": name}
+                    inputs.append(entry_input)
         entry["inputs"] = inputs
         is_list = getattr(cls, "OUTPUT_IS_LIST", ())
         entry["outputs"] = [{"name": (getattr(cls, "RETURN_NAMES", None) or output_types(cls))[i], "type": kind, "links": link_ids.get((node.id, i), []), "slot_index": i,
@@ -106,7 +121,9 @@ def to_ui(nodes: list[Node], classes: dict) -> dict:
                 values.append("image")
             else:
                 spec = types.get("required", {}).get(name) or types.get("optional", {}).get(name)
-                values.append(node.inputs.get(name, spec[1].get("default") if len(spec) > 1 else None))
+                default = spec[1].get("default") if len(spec) > 1 else None
+                value = node.inputs.get(name, default)
+                values.append(default if is_link(value) else value)  # a linked widget keeps its default beside the link
         entry["widgets_values"] = values
         ui_nodes.append(entry)
     return {

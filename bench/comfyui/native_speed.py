@@ -2,10 +2,10 @@
 Python, e.g. .venv-comfyui/bin/python; the ComfyUI is found as the tests find it: COMFYUI_DIR, the one the
 pack is installed in, or ../shared/comfyui):
 
-  - the pack's Turbo sampler (nodes/native_sampling.py) against native KSampler (euler, simple, cfg 1) on
-    the same MODEL, seed and conditioning — goal ≤ 1.02;
-  - the same sampling with a LoRA added by the pack (nodes/native_lora.py) against native
-    LoraLoaderModelOnly's (comfy.sd.load_lora_for_models) on the same file — goal ≤ 1.02.
+  - the native template (ModelSamplingAuraFlow 3 + KSampler res_multistep / simple / cfg 1) against the same
+    MODEL with the pack's ZImageTurboSampler instead of KSampler — goal ≤ 1.02;
+  - KSampler on a LoRA from the pack's ZImageLoraLoader against native LoraLoaderModelOnly's
+    (comfy.sd.load_lora_for_models) of the same file — goal ≤ 1.02.
 
 A thin real-width transformer (dim 3840, --layers main layers, the two refiners of each kind), random bf16
 weights. Pairs alternate their order; the ratio is the median over --repeats pairs.
@@ -16,7 +16,9 @@ weights. Pairs alternate their order; the ratio is the median over --repeats pai
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,26 +29,27 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
-def _setup_comfyui():
+def _setup_comfyui(gpu: bool):
+    import runpy
+
     from comfyui_harness import find_comfyui
 
     comfyui = find_comfyui()
     if comfyui is None:
         sys.exit("no ComfyUI found: set COMFYUI_DIR")
-    sys.path.insert(0, str(comfyui))
-    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"] if "--gpu" not in sys.argv else [sys.argv[0]]
-    import comfy.options
+    if gpu:  # leave ComfyUI's own device choice (dynamic VRAM on NVIDIA) instead of --cpu
+        sys.argv = [sys.argv[0]]
+    runtime = runpy.run_path(os.path.join(ROOT, "workflows", "comfy_runtime.py"))
+    if gpu:
+        sys.path.insert(0, str(comfyui))
+        import comfy.options
 
-    comfy.options.enable_args_parsing()
-    import comfy.model_management  # noqa: F401
+        comfy.options.enable_args_parsing()
+        import comfy.model_management  # noqa: F401
 
-    sys.argv = argv
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("zimage_pack", os.path.join(ROOT, "__init__.py"), submodule_search_locations=[ROOT])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["zimage_pack"] = pack
-    spec.loader.exec_module(pack)
+        runtime["import_pack"]()
+    else:
+        runtime["import_comfyui"](str(comfyui))
 
 
 def main() -> None:
@@ -57,7 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gpu", action="store_true", help="leave ComfyUI's device choice on (default: --cpu)")
     args = parser.parse_args()
-    _setup_comfyui()
+    _setup_comfyui(args.gpu)
 
     import comfy.sample
     import comfy.sd
@@ -65,31 +68,35 @@ def main() -> None:
     import torch
 
     from zimage_pack.loaders import demo_loras, demo_models as dm
-    from zimage_pack.nodes.native_lora import add_lora
-    from zimage_pack.nodes.native_sampling import sample_turbo
+    from comfy_extras.nodes_model_advanced import ModelSamplingAuraFlow
+
+    from zimage_pack.nodes.lora_nodes import ZImageLoraLoader
+    from zimage_pack.nodes.sampling_nodes import ZImageTurboSampler
 
     work = tempfile.mkdtemp(prefix="zimage_native_speed_")
+    atexit.register(shutil.rmtree, work, True)  # nothing left in the temporary folder
     thin = dict(dim=3840, n_layers=args.layers, n_refiner_layers=2, n_heads=30, n_kv_heads=30, cap_feat_dim=2560, axes_dims=[32, 48, 48])
     module = dm.make_transformer(seed=0, **thin).to(torch.bfloat16)
     path = dm.write_transformer(module, os.path.join(work, "z_image_thin_bf16.safetensors"), "comfy")
     lora = os.path.join(work, "lora_comfy_names.safetensors")
     demo_loras.write_lora(module, lora, "comfy", rank=64, seed=1)  # ComfyUI's own names: both loaders read it whole
     del module
-    model = comfy.sd.load_diffusion_model(path)
+    model = ModelSamplingAuraFlow().patch_aura(comfy.sd.load_diffusion_model(path), 3.0)[0]  # the native template's model
     positive = [[torch.randn(1, 64, 2560, generator=torch.Generator().manual_seed(2)), {}]]
     latent = torch.zeros(1, 16, args.size // 8, args.size // 8)
 
-    def ksampler(m):
-        return comfy.sample.sample(m, comfy.sample.prepare_noise(latent, 7), args.steps, 1.0, "euler", "simple", positive, [], latent.clone(),
+    def ksampler(m):  # the template's KSampler: res_multistep, simple, cfg 1
+        return comfy.sample.sample(m, comfy.sample.prepare_noise(latent, 7), args.steps, 1.0, "res_multistep", "simple", positive, [], latent.clone(),
                                    disable_pbar=True, seed=7)
 
     def turbo(m):
-        return sample_turbo(m, positive, None, {"samples": latent.clone()}, seed=7, steps=args.steps, disable_pbar=True)["samples"]
+        return ZImageTurboSampler.execute(m, positive, {"samples": latent.clone()}, seed=7, steps=args.steps).result[0]["samples"]
 
     native_lora, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(lora), 1.0, 0)
-    pack_lora, report = add_lora(model, lora, 1.0)
-    assert not report.not_applied, report.text()
-    rows = [("Turbo sampler / native KSampler", lambda: turbo(model), lambda: ksampler(model)),
+    folder_paths_add(os.path.dirname(lora))
+    pack_lora, report = ZImageLoraLoader.execute(model, os.path.basename(lora), 1.0).result
+    assert "NOT applied" not in report, report
+    rows = [("ZImageTurboSampler / native KSampler (template)", lambda: turbo(model), lambda: ksampler(model)),
             ("LoRA: pack's patches / LoraLoaderModelOnly (KSampler)", lambda: ksampler(pack_lora), lambda: ksampler(native_lora))]
     print(f"thin real-width Z-Image ({args.layers} main layers), {args.size}², {args.steps} steps, {args.repeats} pairs, "
           f"device {comfy.model_management.get_torch_device()}")
@@ -106,6 +113,12 @@ def main() -> None:
             same = (outs["ours"] - outs["theirs"]).abs().max().item()
         ratio = statistics.median(ratios)
         print(f"{name}: {ratio:.3f} (goal ≤ 1.02: {'met' if ratio <= 1.02 else 'NOT met'}); outputs differ by {same:.2e} max abs")
+
+
+def folder_paths_add(folder: str) -> None:
+    import folder_paths
+
+    folder_paths.add_model_folder_path("loras", folder, is_default=True)
 
 
 if __name__ == "__main__":
