@@ -63,7 +63,8 @@ REFINER_PLACES = [0, 1]
 
 def _all_zero(state: dict, prefix: str, suffix: str) -> bool | None:
     found = [v for k, v in state.items() if k.startswith(prefix) and k.endswith(suffix)]
-    return all(torch.count_nonzero(t) == 0 for t in found) if found else None
+    # count_nonzero has no fp8 kernel on the CPU: fp8 files are compared in bf16 (exact)
+    return all(torch.count_nonzero(t.to(torch.bfloat16) if t.dtype in FP8_DTYPES else t) == 0 for t in found) if found else None
 
 
 def detect_version(state: dict) -> tuple[str, dict]:
@@ -103,13 +104,24 @@ def detect_version(state: dict) -> tuple[str, dict]:
     return version, config
 
 
-def load_controlnet(path: str, weight_dtype: str | torch.dtype = "default", offload: bool = False) -> ZImageControlNet:
-    requested = parse_weight_dtype(weight_dtype)
+def read_controlnet_state(path: str) -> dict:
+    """The file's tensors under the published names (a ``model.`` / ``controlnet.`` / ``diffusion_model.`` prefix removed)."""
     require_file(path, WHAT)
     with open_safetensors(path, WHAT) as handle:
         keys = list(handle.keys())
         prefix = strip_prefix(keys, ("model.", "controlnet.", "diffusion_model."))
-        state = {k[len(prefix):]: handle.get_tensor(k) for k in keys}
+        return {k[len(prefix):]: handle.get_tensor(k) for k in keys}
+
+
+def load_controlnet(path: str, weight_dtype: str | torch.dtype = "default", offload: bool = False) -> ZImageControlNet:
+    return controlnet_from_state(read_controlnet_state(path), weight_dtype, path, offload)
+
+
+def controlnet_from_state(state: dict, weight_dtype: str | torch.dtype = "default", source: str = "", offload: bool = False) -> ZImageControlNet:
+    """diffusers' ZImageControlNetModel on the published tensors (the dict is not changed; tensors already
+    in the storage dtype are used as they are, not copied)."""
+    requested = parse_weight_dtype(weight_dtype)
+    state = dict(state)
     version, config = detect_version(state)
     state = convert_z_image_controlnet_checkpoint_to_diffusers(state, config)
     storage = requested or next(v.dtype for k, v in state.items() if k.endswith("to_q.weight"))
@@ -121,7 +133,7 @@ def load_controlnet(path: str, weight_dtype: str | torch.dtype = "default", offl
     expected = set(module.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise ZImageInputError(WHAT, f"'{os.path.basename(path)}' ({version} layout) with {len(missing)} missing tensors (e.g. {missing[:2]}) and {len(unexpected)} unknown ones (e.g. {unexpected[:2]})",
+        raise ZImageInputError(WHAT, f"'{os.path.basename(source)}' ({version} layout) with {len(missing)} missing tensors (e.g. {missing[:2]}) and {len(unexpected)} unknown ones (e.g. {unexpected[:2]})",
                                f"a complete Union {version} file", "download the file again")
     module.load_state_dict(state, strict=True, assign=True)
     module = module.eval().requires_grad_(False)
@@ -129,4 +141,15 @@ def load_controlnet(path: str, weight_dtype: str | torch.dtype = "default", offl
         from .compute_dtype import store_narrow
 
         store_narrow(module, storage, compute)
-    return ZImageControlNet(module, version, config["control_in_dim"], storage, compute, path, offload)
+    return ZImageControlNet(module, version, config["control_in_dim"], storage, compute, source, offload)
+
+
+def enable_offload(cnet: ZImageControlNet, device: torch.device) -> None:
+    """For the engine (without ComfyUI): diffusers' group offloading at leaf level, each control layer brought to
+    ``device`` when it runs (prefetched on a side stream on CUDA). Leaf level, because the pack calls the control
+    blocks one by one and never the ControlNet's own forward, where block-level offloading would load the rest."""
+    if getattr(cnet.module, "_zimage_group_offload", None) == device:
+        return
+    cnet.module.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
+                                     use_stream=device.type == "cuda")
+    cnet.module._zimage_group_offload = device

@@ -72,25 +72,33 @@ def fit_image(image: torch.Tensor, height: int, width: int, batch: int, mode: st
 
 
 def build_control_input(spec: ControlSpec, batch: int, height: int, width: int) -> torch.Tensor:
+    return assemble_control_input(lambda pixels: to_model_space(encode(spec.vae, pixels)), spec.controlnet.inpaint_channels,
+                                  spec.controlnet.version, spec.image, spec.inpaint_image, spec.mask, spec.resize, batch, height, width)
+
+
+def assemble_control_input(encode_pixels, inpaint_channels: bool, version: str, image, inpaint_image, mask, resize: str,
+                           batch: int, height: int, width: int) -> torch.Tensor:
     """16 channels (the hint's latent) or, for 33-channel ControlNets, [control 16, mask 1, inpaint 16]
     as the reference builds it: the mask channel is 1 − mask at latent size (0 without a mask), the
-    inpaint image has its masked pixels set to grey, and a missing image is a grey one."""
+    inpaint image has its masked pixels set to grey, and a missing image is a grey one.
+    ``encode_pixels``: IMAGE [B, H, W, 3] → model-space latent (whichever VAE the caller holds)."""
     px_h, px_w = height * 8, width * 8
     grey = torch.full((batch, px_h, px_w, 3), 0.5)
-    control_pixels = fit_image(spec.image[..., :3], px_h, px_w, batch, spec.resize) if spec.image is not None else None
-    if not spec.controlnet.inpaint_channels:
+    control_pixels = fit_image(image[..., :3], px_h, px_w, batch, resize) if image is not None else None
+    if not inpaint_channels:
         if control_pixels is None:
-            raise ZImageInputError("image", "no hint image", f"a hint image for a {spec.controlnet.version} ControlNet", "connect the control image (canny, depth, pose…)")
-        return to_model_space(encode(spec.vae, control_pixels))
-    control = to_model_space(encode(spec.vae, control_pixels if control_pixels is not None else grey))
-    inpaint = fit_image(spec.inpaint_image[..., :3], px_h, px_w, batch, spec.resize) if spec.inpaint_image is not None else grey
-    if spec.mask is not None:
-        mask = fit_mask(spec.mask, px_h, px_w, batch, spec.resize)  # [batch, 1, H, W], 1 = repaint
+            raise ZImageInputError("image", "no hint image", f"a hint image for a {version} ControlNet", "connect the control image (canny, depth, pose…)")
+        return encode_pixels(control_pixels)
+    control = encode_pixels(control_pixels if control_pixels is not None else grey)
+    inpaint = fit_image(inpaint_image[..., :3], px_h, px_w, batch, resize) if inpaint_image is not None else grey
+    if mask is not None:
+        mask = fit_mask(mask, px_h, px_w, batch, resize)  # [batch, 1, H, W], 1 = repaint
         inpaint = (inpaint - 0.5) * (1 - mask).round().movedim(1, -1) + 0.5
         mask_channel = F.interpolate(1 - mask, size=(height, width), mode="nearest")
     else:
         mask_channel = torch.zeros(batch, 1, height, width)
-    return torch.cat([control, mask_channel, to_model_space(encode(spec.vae, inpaint))], dim=1)
+    inpaint_latent = encode_pixels(inpaint)
+    return torch.cat([control, mask_channel.to(inpaint_latent), inpaint_latent], dim=1)
 
 
 def fit_mask(mask: torch.Tensor, height: int, width: int, batch: int, mode: str) -> torch.Tensor:

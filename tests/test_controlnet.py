@@ -287,22 +287,13 @@ def test_gray_and_scribble():
     assert torch.equal(s[0, 0, 0], torch.zeros(3)) and torch.equal(s[0, 0, 1], torch.ones(3))
 
 
-def test_apply_node_errors_and_input_model_unchanged(files, transformer, vae):
-    from zimage_pack.nodes.control_nodes import ZImageControlNetApply
-
+def test_stacked_controls_on_the_engine_leave_the_input_model_unchanged(files, transformer, vae):
+    """The engine's ControlNet stack (``with_control``); the node's input checks are ComfyUI-side now
+    (tests/in_comfyui/test_native_control.py)."""
     v1, v21 = load_controlnet(files["1.0"]), load_controlnet(files["2.1"])
     image = torch.rand(1, 48, 32, 3)
-    node = ZImageControlNetApply()
-    with pytest.raises(ZImageInputError) as info:
-        node.apply(transformer, v1, vae)
-    assert "hint image" in str(info.value)
-    with pytest.raises(ZImageInputError) as info:
-        node.apply(transformer, v1, vae, image=image, inpaint_image=image)
-    assert "2.x" in str(info.value)
-    with pytest.raises(ZImageInputError):
-        node.apply(transformer, v21, vae, start_percent=0.8, end_percent=0.2, image=image)
-    (depth,) = node.apply(transformer, v21, vae, image=image)
-    (both,) = node.apply(depth, v1, vae, strength=0.5, image=image)
+    depth = transformer.with_control(ControlSpec(v21, vae, image, v21.default_strength))
+    both = depth.with_control(ControlSpec(v1, vae, image, 0.5))
     assert transformer.controls == () and len(both.controls) == 2
     assert both.controls[0].strength == 0.9 and both.controls[1].strength == 0.5  # version default, then explicit
     features, latent = [torch.randn(5, 32)], torch.zeros(1, 16, 6, 4)
@@ -323,7 +314,7 @@ def test_fp8_controlnet_keeps_fp8(files, transformer):
 
 def test_offloaded_controlnet_gives_the_same_hints(files, transformer):
     """Group offloading (leaf level) fires on the blocks the pack calls one by one (CPU as the onload device here)."""
-    from zimage_pack.nodes.comfy_services import enable_offload
+    from zimage_pack.loaders.controlnet import enable_offload
 
     x, t, caps = _inputs()
     control = torch.randn(1, 33, 6, 4, generator=torch.Generator().manual_seed(3))
