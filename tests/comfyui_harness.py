@@ -49,7 +49,7 @@ class ComfyServer:
     """``main.py --cpu`` from a copy of ComfyUI in ``work``, on a free loopback port. A watchdog kills
     it if its memory passes ``memory_limit`` (then ``killed_for_memory`` is set)."""
 
-    def __init__(self, comfyui: Path, python: str, work: Path, memory_limit: int = 8 * 2**30):
+    def __init__(self, comfyui: Path, python: str, work: Path, memory_limit: int = 8 * 2**30, extra_args: tuple = ()):
         self.home = work / "ComfyUI"
         shutil.copytree(comfyui, self.home, ignore=shutil.ignore_patterns("__pycache__", ".git"))
         for folder in self.home.rglob("*"):  # the source may be read-only (CI's ../shared)
@@ -57,6 +57,7 @@ class ComfyServer:
                 folder.chmod(0o755)
         os.symlink(ROOT, self.home / "custom_nodes" / "comfyui-zimage")
         self.python, self.memory_limit, self.killed_for_memory, self.peak_rss = python, memory_limit, False, 0
+        self.extra_args = tuple(extra_args)
         self.log_path = work / "comfyui.log"
         self.proc = None
         self.url = ""
@@ -76,7 +77,7 @@ class ComfyServer:
             env.pop(name, None)  # inside ComfyUI its own folders count, nothing of the tests'
         self.log = open(self.log_path, "w", encoding="utf-8")
         self.proc = subprocess.Popen([self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-                                      "--database-url", "sqlite:///:memory:"], cwd=self.home, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                      "--database-url", "sqlite:///:memory:", *self.extra_args], cwd=self.home, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
         threading.Thread(target=self._watch, daemon=True).start()
         deadline = time.time() + timeout

@@ -16,18 +16,20 @@ from conftest import THIN
 FLUX_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2)  # the real FLUX.1 VAE's shape (84 M parameters)
 
 
-def _same_weights(model, native):
-    ours, theirs = model.model.diffusion_model.state_dict(), native.model.diffusion_model.state_dict()
-    assert set(ours) == set(theirs)
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+def _same_weights(model, native, model_file):
+    """The file's tensors, as UNETLoader's MODEL holds them (not read off ``native``'s module: it is shared by the
+    session's clones, and whichever patched clone ComfyUI loaded last has its patches applied in it)."""
+    ours, file = model.model.diffusion_model.state_dict(), load_file(model_file)
+    assert set(ours) == set(native.model.diffusion_model.state_dict()) == set(file)
+    assert all(torch.equal(ours[k].float(), file[k].float()) for k in file)
     assert type(model) is type(native)  # the same patcher class ComfyUI's own loader chose
 
 
-def test_a_diffusers_transformer_folder_gives_the_model_unetloader_gives_for_the_single_file(native, tmp_path):
+def test_a_diffusers_transformer_folder_gives_the_model_unetloader_gives_for_the_single_file(native, model_file, tmp_path):
     folder = tmp_path / "Z-Image-Thin"
     dm.write_transformer(dm.make_transformer(seed=0, **THIN).to(torch.bfloat16), str(folder / "transformer"), "folder")
     (folder / "model_index.json").write_text('{"_class_name": "ZImagePipeline"}')
-    _same_weights(load_transformer_native(str(folder)), native)
+    _same_weights(load_transformer_native(str(folder)), native, model_file)
 
 
 @pytest.mark.parametrize("prefix", ["transformer.", "model."])
@@ -35,7 +37,7 @@ def test_a_single_file_under_a_prefix_comfyui_does_not_strip_loads(native, model
     state = load_file(model_file)
     path = str(tmp_path / "prefixed.safetensors")
     save_file({prefix + k: v for k, v in state.items()}, path)
-    _same_weights(load_transformer_native(path), native)
+    _same_weights(load_transformer_native(path), native, model_file)
 
 
 def test_a_file_of_another_kind_is_refused_by_name(tmp_path):
@@ -120,7 +122,7 @@ def test_the_loader_on_a_twinflow_file_gives_the_patched_model_and_comfyui_can_r
     model = load_transformer_native(path)
     assert is_twinflow(model) and not is_twinflow(native)
     base = model.model.diffusion_model.state_dict()
-    assert torch.equal(base["layers.0.attention.qkv.weight"], native.model.diffusion_model.state_dict()["layers.0.attention.qkv.weight"])
+    assert torch.equal(base["layers.0.attention.qkv.weight"].float(), load_file(model_file)["layers.0.attention.qkv.weight"].float())
     factory, args = model.cached_patcher_init
     again = factory(*args, disable_dynamic=True)
     assert is_twinflow(again)
