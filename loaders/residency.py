@@ -1,6 +1,6 @@
-"""Where the pack's loaded models live: moved to the compute device on use, and moved back to the
-CPU when another one needs the room (a 16 GB card holds the 11.7 GiB transformer or the 7.5 GiB
-text encoder, not both)."""
+"""Where the diffusers engine's loaded models live (without ComfyUI; inside ComfyUI its memory manager
+places its own models): moved to the compute device on use, and moved back to the CPU when another one
+needs the room (a 16 GB card holds the 11.7 GiB transformer or the 7.5 GiB text encoder, not both)."""
 
 from __future__ import annotations
 
@@ -14,29 +14,6 @@ from .errors import ZImageInputError
 
 _resident: "weakref.WeakValueDictionary[int, torch.nn.Module]" = weakref.WeakValueDictionary()
 _RESERVE = 1 << 30  # activations and workspace on top of the weights
-
-
-class HostMemoryManager:
-    """A host application's memory manager (ComfyUI's, registered by nodes/comfy_services.py): when
-    set, it moves the pack's models, so that it can also evict them when its own nodes need room."""
-
-    def load(self, modules: list[torch.nn.Module], device: torch.device, extra_bytes: int) -> None:
-        raise NotImplementedError
-
-    def release(self, module: torch.nn.Module) -> None:
-        raise NotImplementedError
-
-    def evictable_bytes(self, device: torch.device, module: torch.nn.Module) -> int:
-        """Bytes on ``device`` the host would free for ``module`` (its own included when loaded)."""
-        return 0
-
-
-_host: HostMemoryManager | None = None
-
-
-def set_host_memory_manager(host: HostMemoryManager | None) -> None:
-    global _host
-    _host = host
 
 
 def module_bytes(module: torch.nn.Module) -> int:
@@ -65,15 +42,12 @@ def _free_bytes(device: torch.device) -> int | None:
 def place(module: torch.nn.Module, device: torch.device, make_room: Callable[[int, torch.device], None] | None = None,
           keep: tuple = ()) -> torch.nn.Module:
     """Move ``module`` to ``device``, first moving the pack's other models (except ``keep``: those
-    the same step needs) off it if room is short, then asking the host (ComfyUI) to free what it holds."""
+    the same step needs) off it if room is short, then ``make_room`` (the caller's own way to free memory)."""
     if device.type == "mps" and any(p.dtype in FP8_DTYPES for p in module.parameters()):
         raise ZImageInputError(
             "weight_dtype", "fp8 weights on Apple MPS", "a dtype the device supports (MPS has no float8 tensors)",
             "set the loader's weight_dtype to bf16 (or fp16)",
         )
-    if _host is not None:
-        _host.load([module, *keep], device, _RESERVE)  # the host marks them in use, evicting others as needed
-        return module
     if device_of(module) == device:
         return module
     if device.type != "cpu":
@@ -93,8 +67,6 @@ def place(module: torch.nn.Module, device: torch.device, make_room: Callable[[in
 def offload(module: torch.nn.Module) -> None:
     """Back to the CPU (and forget it as resident)."""
     _resident.pop(id(module), None)
-    if _host is not None:
-        _host.release(module)
     if device_of(module).type != "cpu":
         module.to("cpu")
         if torch.cuda.is_available():
@@ -153,16 +125,12 @@ def transformer_activation_bytes(module: torch.nn.Module, batch: int, height: in
 
 def room_for(module: torch.nn.Module, device: torch.device, keep: tuple = ()) -> int | None:
     """What ``module`` could have on ``device``: the free memory plus what the models that may be
-    moved off hold (the pack's own others, or what the host's memory manager can evict), plus the
-    module itself when it is already there."""
+    moved off hold (the pack's own others), plus the module itself when it is already there."""
     free = _free_bytes(device)
     if free is None:
         return None
-    if _host is not None:
-        free += _host.evictable_bytes(device, module)
-    else:
-        free += sum(module_bytes(m) for m in list(_resident.values()) if m is not module and not any(m is k for k in keep) and device_of(m) == device)
-    if _placement(module).mode == "full" and device_of(module) == device and _host is None:
+    free += sum(module_bytes(m) for m in list(_resident.values()) if m is not module and not any(m is k for k in keep) and device_of(m) == device)
+    if _placement(module).mode == "full" and device_of(module) == device:
         free += module_bytes(module)  # already resident: its own bytes count as free
     return free
 
