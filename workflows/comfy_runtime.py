@@ -14,11 +14,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def import_comfyui(folder: str) -> None:
-    """ComfyUI at ``folder`` importable and imported with ``--cpu``; the pack importable as ``zimage_pack``."""
+def import_comfyui(folder: str, cpu: bool = True) -> None:
+    """ComfyUI at ``folder`` importable and imported with ``--cpu`` (``cpu=False``: ComfyUI's own device choice,
+    dynamic VRAM on NVIDIA, as a default server runs); the pack importable as ``zimage_pack``."""
     if folder not in sys.path:
         sys.path.insert(0, str(folder))
-    saved, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+    saved, sys.argv = sys.argv, [sys.argv[0]] + (["--cpu"] if cpu else [])
     try:
         import comfy.options
 

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
 def _setup_comfyui(gpu: bool):
+    """ComfyUI imported in process: with --cpu, or (``gpu``) with its own device choice, dynamic VRAM included."""
     import runpy
 
     from comfyui_harness import find_comfyui
@@ -37,19 +38,7 @@ def _setup_comfyui(gpu: bool):
     comfyui = find_comfyui()
     if comfyui is None:
         sys.exit("no ComfyUI found: set COMFYUI_DIR")
-    if gpu:  # leave ComfyUI's own device choice (dynamic VRAM on NVIDIA) instead of --cpu
-        sys.argv = [sys.argv[0]]
-    runtime = runpy.run_path(os.path.join(ROOT, "workflows", "comfy_runtime.py"))
-    if gpu:
-        sys.path.insert(0, str(comfyui))
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import comfy.model_management  # noqa: F401
-
-        runtime["import_pack"]()
-    else:
-        runtime["import_comfyui"](str(comfyui))
+    runpy.run_path(os.path.join(ROOT, "workflows", "comfy_runtime.py"))["import_comfyui"](str(comfyui), cpu=not gpu)
 
 
 def main() -> None:
