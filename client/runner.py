@@ -1,20 +1,23 @@
-"""Runs a table of jobs over ComfyUI servers: validate every row first, then submit to the least busy
-server, follow /ws (and /history as a fallback), download the outputs, retry failures on another
-server and survive a server (or this client) dying mid-run without losing or repeating a job."""
+"""Runs a table of jobs on a pool of workers (client/pools.py: one server from this process, or Ray):
+every row checked against each server's /object_info before anything is sent, each job's prompt id
+picked and recorded in the job store before it is sent, its pictures written to OUT/files and a line to
+OUT/results.jsonl. A rerun collects what finished, follows what is still queued and sends only what no
+server has, so no job is lost or run twice when a server, a worker or this client dies."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
-import queue
 import re
 import time
 import uuid
 
-from .jobs import DONE, FAILED, PENDING, SUBMITTED, JobFile
 from .overrides import OverrideError, apply_row
-from .server import ComfyServer, PromptRejected, ServerDown
+from .pools import WorkerLost
+from .store import DONE, FAILED, PENDING, STATES, SUBMITTED, JobStore, default_url
 from .validate import check_graph
+from .worker import JobError
 
 SEED_INPUTS = ("seed", "noise_seed")
 
@@ -94,216 +97,141 @@ def _seed(graph: dict):
 
 
 class Runner:
-    def __init__(self, workflow: dict, rows: list[dict], urls: list[str], out_dir: str, per_server: int = 2, retries: int = 2,
-                 poll_seconds: float = 1.0, give_up_after: float = 300.0, on_change=None):
-        self.events: queue.Queue = queue.Queue()
-        self.servers = [ComfyServer(url, self.events) for url in urls]
-        self.out_dir = out_dir
-        self.per_server, self.retries, self.poll_seconds, self.give_up_after = per_server, retries, poll_seconds, give_up_after
+    def __init__(self, workflow: dict, rows: list[dict], pool, out_dir: str, retries: int = 2, store_url: str | None = None,
+                 batch_name: str | None = None, on_change=None, wait_seconds: float = 0.5):
+        self.pool, self.out_dir, self.retries, self.wait_seconds = pool, out_dir, retries, wait_seconds
         self.on_change = on_change or (lambda runner: None)
-        self.alive: dict[ComfyServer, bool] = {}
-        self.queue_lengths: dict[ComfyServer, int] = {}
-        object_infos = {}
-        for server in self.servers:
-            try:
-                object_infos[server.url] = server.object_info()
-                self.alive[server] = True
-            except ServerDown as err:
-                self.alive[server] = False
-                print(f"zimage-queue: {err} (left out: its /object_info could not be checked)", flush=True)
+        object_infos = pool.object_infos()
         if not object_infos:
-            raise ServerDown("no server answered: " + ", ".join(urls))
-        self.checked = set(object_infos)
-        self.graphs = {}
+            raise WorkerLost("no server answered /object_info")
+        jobs = build_jobs(workflow, rows, object_infos)  # RowsRejected: nothing was sent
         os.makedirs(os.path.join(out_dir, "files"), exist_ok=True)
-        self.job_file = JobFile(os.path.join(out_dir, "jobs.json"))
-        for name, graph, row in build_jobs(workflow, rows, object_infos):
-            self.graphs[name] = graph
-            self.job_file.merge(name, graph, row.get("_line"), _seed(graph))
+        url = store_url or default_url(out_dir)
+        self.store = JobStore(url, batch_name or os.path.abspath(out_dir))
+        legacy = os.path.join(out_dir, "jobs.json")
+        if store_url is None and os.path.exists(legacy) and not self.store.jobs():
+            self.store.import_job_file(legacy)  # an output folder of the client before the job store
+            os.replace(legacy, legacy + ".imported")
+        self.graphs = {name: graph for name, graph, _ in jobs}
+        self.store.merge([(name, graph, row.get("_line"), _seed(graph)) for name, graph, row in jobs])
         self.order = list(self.graphs)
-        self.job_file.save()
+        self.records = {job["job"]: job for job in self.store.jobs(self.order)}  # this run's view; the store has the truth
+        self.in_flight: dict = {}  # pool handle → (job name, worker key)
+        _rewrite_results(out_dir, [j for j in self.records.values() if j["state"] == DONE])
 
     # --- bookkeeping ---
     def jobs(self, state: str | None = None) -> list[dict]:
-        return [self.job_file.jobs[n] for n in self.order if state is None or self.job_file.jobs[n]["state"] == state]
+        return [self.records[n] for n in self.order if state is None or self.records[n]["state"] == state]
 
-    def server(self, url: str) -> ComfyServer | None:
-        return next((s for s in self.servers if s.url == url), None)
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for job in self.records.values():
+            counts[job["state"]] += 1
+        return counts
 
-    def _down(self, server: ComfyServer, why) -> None:
-        if self.alive.get(server):
-            print(f"\nzimage-queue: {server.url} is down ({why}); its running jobs go to another server", flush=True)
-        self.alive[server] = False
-        server.close()
-        for job in self.jobs(SUBMITTED):
-            if job["server"] == server.url:
-                job["state"] = PENDING  # never finished there; tried[] steers it elsewhere
-                job["tried"].append(server.url)
-        self.job_file.save()
-        self.revive_at = time.monotonic() + 2.0
+    def _set(self, name: str, **fields) -> None:
+        """One transaction on the job's row first, then this run's view."""
+        self.store.update(name, **fields)
+        self.records[name].update(fields)
 
     # --- the run ---
     def run(self) -> dict:
-        self.revive_at = time.monotonic()
-        for server in self.servers:
-            if self.alive[server]:
-                try:
-                    server.listen()
-                except ServerDown as err:
-                    self._down(server, err)
-        self._reconcile()
-        stalled_since = None
-        while self.jobs(PENDING) or self.jobs(SUBMITTED):
-            if not any(self.alive.values()):
-                stalled_since = stalled_since or time.monotonic()
-                if time.monotonic() - stalled_since > self.give_up_after:
-                    print("\nzimage-queue: no server is reachable; run again to resume", flush=True)
-                    break
+        follow_ups: dict[str, str] = {}  # job → worker key: sent by an earlier run, its server is here again
+        for job in self.jobs(SUBMITTED):
+            key = self.pool.key_for_server(job["server"])
+            if key is not None:
+                follow_ups[job["job"]] = key
             else:
-                stalled_since = None
-            self._revive()
-            self._submit()
-            self._wait_for_events()
-            self._poll()
-            self.on_change(self)
-        for server in self.servers:
-            server.close()
-        self.on_change(self)
-        return {state: len(self.jobs(state)) for state in (DONE, FAILED, PENDING, SUBMITTED)}
-
-    def _reconcile(self) -> None:
-        """Jobs a previous run left submitted: collect the finished, keep following the queued, and send
-        again only those their server no longer knows."""
-        for job in self.jobs(SUBMITTED):
-            server = self.server(job["server"])
-            if server is None or not self.alive.get(server):
-                job["state"] = PENDING
-                continue
-            try:
-                entry = server.history(job["prompt_id"])
-                if entry is not None:
-                    self._finish(job, server, entry)
-                elif job["prompt_id"] not in server.queued_ids():
-                    job["state"] = PENDING
-            except ServerDown as err:
-                self._down(server, err)
-        self.job_file.save()
-
-    def _revive(self) -> None:
-        if time.monotonic() < self.revive_at:
-            return
-        self.revive_at = time.monotonic() + 5.0
-        for server in self.servers:
-            if not self.alive[server] and server.url in self.checked:  # never one whose /object_info was not checked
-                try:
-                    server.queue_length()
-                    server.listen()
-                    self.alive[server] = True
-                    print(f"\nzimage-queue: {server.url} is back", flush=True)
-                except ServerDown:
-                    pass
-
-    def _in_flight(self, server: ComfyServer) -> int:
-        return sum(1 for job in self.jobs(SUBMITTED) if job["server"] == server.url)
-
-    def _submit(self) -> None:
-        for job in self.jobs(PENDING):
-            open_servers = [s for s in self.servers if self.alive[s] and self._in_flight(s) < self.per_server]
-            if not open_servers:
-                return
-            fresh = [s for s in open_servers if s.url not in job["tried"]] or open_servers
-            for server in fresh:
-                if server not in self.queue_lengths:
-                    try:
-                        self.queue_lengths[server] = server.queue_length()
-                    except ServerDown as err:
-                        self._down(server, err)
-            fresh = [s for s in fresh if self.alive[s]]
-            if not fresh:
-                continue
-            server = min(fresh, key=lambda s: (max(self.queue_lengths.get(s, 0), self._in_flight(s)), self.servers.index(s)))
-            job.update(state=SUBMITTED, server=server.url, prompt_id=str(uuid.uuid4()), submitted=time.time())
-            self.job_file.save()  # recorded before it is sent: a crash in between is found on the server by its id
-            try:
-                server.submit(self.graphs[job["job"]], job["prompt_id"], {"zimage_queue_job": job["job"]})
-                self.queue_lengths[server] = self.queue_lengths.get(server, 0) + 1
-            except PromptRejected as err:
-                job.update(state=FAILED, error=f"rejected by {server.url}: {err}")
-            except ServerDown as err:
-                self._down(server, err)
-            self.job_file.save()
-
-    def _wait_for_events(self) -> None:
-        deadline = time.monotonic() + self.poll_seconds
-        while time.monotonic() < deadline:
-            try:
-                server, kind, data = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                return
-            if kind == "closed":
-                self._down(server, "its /ws connection closed")
-            elif kind in ("execution_success", "execution_error", "execution_interrupted"):
-                self._check(server, data.get("prompt_id"))
-            elif kind == "status":
-                remaining = data.get("status", {}).get("exec_info", {}).get("queue_remaining")
-                if isinstance(remaining, int):
-                    self.queue_lengths[server] = remaining
-            self.on_change(self)
-
-    def _poll(self) -> None:
-        """/history for every job in flight: the fallback when an event was missed."""
-        for job in self.jobs(SUBMITTED):
-            server = self.server(job["server"])
-            if server is not None and self.alive[server]:
-                self._check(server, job["prompt_id"])
-
-    def _check(self, server: ComfyServer, prompt_id) -> None:
-        job = next((j for j in self.jobs(SUBMITTED) if j.get("prompt_id") == prompt_id and j["server"] == server.url), None)
-        if job is None:
-            return
+                self._set(job["job"], state=PENDING)  # its server is not in this run (or was started by the last one)
+        pending = collections.deque(j["job"] for j in self.jobs(PENDING))
         try:
-            entry = server.history(prompt_id)
-            if entry is not None:
-                self._finish(job, server, entry)
-        except ServerDown as err:
-            self._down(server, err)
+            while True:
+                self._dispatch(follow_ups, pending)
+                if not self.in_flight:
+                    if pending and not self.pool.keys():
+                        print("\nzimage-queue: no worker is left; run again to resume", flush=True)
+                    break
+                for handle in self.pool.wait(list(self.in_flight), self.wait_seconds):
+                    self._settle(handle, pending)
+                self.on_change(self)
+        finally:
+            self.pool.close()
+            self.store.close()
+        self.on_change(self)
+        return self.counts()
 
-    def _finish(self, job: dict, server: ComfyServer, entry: dict) -> None:
-        status = entry.get("status", {})
-        if status.get("status_str") == "error":
-            message = next((m[1].get("exception_message", "") for m in status.get("messages", []) if m and m[0] == "execution_error"), "execution error")
-            job["attempts"] += 1
-            job["tried"].append(server.url)
-            job.update(state=PENDING if job["attempts"] <= self.retries else FAILED, error=f"{server.url}: {message.strip()}")
-            self.job_file.save()
+    def _dispatch(self, follow_ups: dict, pending: collections.deque) -> None:
+        for key in self.pool.keys():
+            room = self.pool.capacity - sum(1 for _, k in self.in_flight.values() if k == key)
+            for name in [n for n, k in follow_ups.items() if k == key][:max(0, room)]:
+                del follow_ups[name]  # same prompt id: the worker collects or follows it, and sends it only if its server lost it
+                self._send(name, key, self.records[name]["prompt_id"])
+                room -= 1
+            url = self.pool.server_of(key)
+            while room > 0 and pending:
+                name = next((n for n in pending if url not in self.records[n]["tried"]), pending[0])  # another server first after a failure
+                pending.remove(name)
+                self._send(name, key, str(uuid.uuid4()))
+                room -= 1
+        for name in [n for n, k in follow_ups.items() if k not in self.pool.keys()]:
+            del follow_ups[name]
+            self._set(name, state=PENDING)
+            pending.appendleft(name)
+
+    def _send(self, name: str, key: str, prompt_id: str) -> None:
+        # recorded before it is sent: if this client dies in between, a rerun finds it on the server by its id
+        self._set(name, state=SUBMITTED, server=self.pool.server_of(key), prompt_id=prompt_id, submitted=time.time())
+        handle = self.pool.submit(key, self.graphs[name], prompt_id, {"zimage_queue_job": name})
+        self.in_flight[handle] = (name, key)
+
+    def _settle(self, handle, pending: collections.deque) -> None:
+        name, key = self.in_flight.pop(handle)
+        job = self.records[name]
+        try:
+            result = self.pool.result(handle)
+        except JobError as err:
+            message = str(getattr(err, "cause", None) or err).strip()
+            attempts = job["attempts"] + 1
+            state = PENDING if attempts <= self.retries else FAILED
+            self._set(name, state=state, attempts=attempts, tried=job["tried"] + [job["server"]], error=message)
+            if state == PENDING:
+                pending.append(name)
+            return
+        except WorkerLost as err:
+            print(f"\nzimage-queue: {err}; its jobs go to the other workers", flush=True)
+            if self.pool.keys():
+                self._set(name, state=PENDING, tried=job["tried"] + [job["server"]])
+                pending.appendleft(name)
+            # with no worker left it stays submitted: a rerun asks its server for it before sending it again
             return
         files = []
-        for node_id, output in sorted(entry.get("outputs", {}).items()):
-            for image in output.get("images", []):
-                if image.get("type", "output") != "output":
-                    continue  # previews
-                try:
-                    path = local_file(self.out_dir, job["job"], len(files), image.get("filename"))
-                except ValueError as err:  # nothing the server says may write outside OUT/files
-                    job.update(state=FAILED, error=f"{server.url}: {err}")
-                    self.job_file.save()
-                    return
-                data = server.view(image)
-                with open(path, "wb") as handle:
-                    handle.write(data)
-                files.append(os.path.join("files", os.path.basename(path)))
-        seconds = round(time.time() - job.get("submitted", time.time()), 3)
-        job.update(state=DONE, files=files, seconds=seconds, done_on=server.url, done_at=time.time())
-        self.job_file.save()
-        self._write_results()
+        try:
+            paths = [local_file(self.out_dir, name, index, server_name) for index, (server_name, _) in enumerate(result["outputs"])]
+        except ValueError as err:  # nothing a server says may write outside OUT/files
+            self._set(name, state=FAILED, error=f"{result['server']}: {err}")
+            return
+        for path, (_, data) in zip(paths, result["outputs"]):
+            with open(path, "wb") as handle_out:
+                handle_out.write(data)
+            files.append(os.path.join("files", os.path.basename(path)))
+        self._set(name, state=DONE, files=files, seconds=result["seconds"], server=result["server"], done_at=time.time(), error=None)
+        _append_result(self.out_dir, self.records[name])
 
-    def _write_results(self) -> None:
-        """results.jsonl, one line per finished job in the order they finished: rewritten from the job
-        file (atomically), so it can never hold a job twice or miss one the job file has as done."""
-        done = sorted((j for j in self.job_file.jobs.values() if j["state"] == DONE), key=lambda j: j.get("done_at", 0))
-        path = os.path.join(self.out_dir, "results.jsonl")
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            for job in done:
-                handle.write(json.dumps({"job": job["job"], "files": job["files"], "seed": job.get("seed"), "server": job["done_on"],
-                                         "seconds": job["seconds"], "prompt_id": job["prompt_id"]}) + "\n")
-        os.replace(path + ".tmp", path)
+
+def _result_line(job: dict) -> str:
+    return json.dumps({"job": job["job"], "files": job["files"], "seed": job.get("seed"), "server": job["server"],
+                       "seconds": job["seconds"], "prompt_id": job["prompt_id"]}) + "\n"
+
+
+def _rewrite_results(out_dir: str, done: list[dict]) -> None:
+    """results.jsonl from the job store, once per run (atomically): one line per finished job, in the
+    order they finished; during the run each finished job appends its line after the store has it."""
+    path = os.path.join(out_dir, "results.jsonl")
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        handle.writelines(_result_line(job) for job in sorted(done, key=lambda j: j.get("done_at") or 0))
+    os.replace(path + ".tmp", path)
+
+
+def _append_result(out_dir: str, job: dict) -> None:
+    with open(os.path.join(out_dir, "results.jsonl"), "a", encoding="utf-8") as handle:
+        handle.write(_result_line(job))

@@ -89,7 +89,7 @@ class ComfyServer:
     # --- /ws ---
     def listen(self) -> None:
         """Connects /ws on a background thread; events go to ``self.events`` as (server, type, data)."""
-        if self._thread is not None and self._thread.is_alive():
+        if self.listening():
             return
         ws_url = self.url.replace("http://", "ws://").replace("https://", "wss://") + f"/ws?clientId={self.client_id}"
         try:
@@ -99,6 +99,9 @@ class ComfyServer:
         self._socket.settimeout(None)
         self._thread = threading.Thread(target=self._read_events, name=f"ws {self.url}", daemon=True)
         self._thread.start()
+
+    def listening(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def _read_events(self) -> None:
         try:

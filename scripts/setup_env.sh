@@ -16,7 +16,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     exit 1
   fi
 fi
-if ! "$PY" -c "import zimage_pack, diffusers, transformers, pytest, comfy_kitchen, gguf, websocket, aiohttp" 2>/dev/null; then
+if ! "$PY" -c "import zimage_pack, diffusers, transformers, pytest, comfy_kitchen, gguf, websocket, aiohttp, sqlalchemy, ray" 2>/dev/null; then
   "$PY" -m pip install -q -e "$ROOT[test]"
 fi
 export ZIMAGE_PY="$PY"

@@ -1,7 +1,7 @@
-"""The queue client against servers that speak ComfyUI's API on 127.0.0.1 (tests/fake_comfy_server.py,
-real processes): rows checked before anything is sent, jobs spread over two servers, a failed job
-retried on the other server, a server killed mid-run, and a killed client resumed without losing or
-repeating a job."""
+"""The queue client on one server, from its own process (no Ray), against a server that speaks ComfyUI's
+API on 127.0.0.1 (tests/fake_comfy_server.py, a real process): rows checked before anything is sent, a
+failed job retried, a killed client resumed without losing or repeating a job, the job store. Several
+servers and a Ray cluster: tests/test_queue_ray.py."""
 
 import json
 import os
@@ -14,7 +14,6 @@ import time
 import pytest
 
 from zimage_pack.client.cli import main as queue_main
-from zimage_pack.client.runner import Runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -74,6 +73,13 @@ def _table(tmp_path, rows: list[dict], name="jobs.jsonl") -> str:
     return str(path)
 
 
+def _states(out) -> dict[str, str]:
+    import sqlite3
+
+    with sqlite3.connect(os.path.join(out, "jobs.sqlite")) as db:
+        return dict(db.execute("select job, state from zimage_queue_jobs"))
+
+
 def _results(out) -> list[dict]:
     return [json.loads(line) for line in open(os.path.join(out, "results.jsonl"), encoding="utf-8")]
 
@@ -105,60 +111,40 @@ def test_bad_rows_are_reported_per_row_and_nothing_is_sent(servers, tmp_path, ca
         assert any(line.strip().startswith(f"row {row} (line {row + 1})") and fragment in line for line in err.splitlines()), (row, err)
     assert "row 1 " not in err
     time.sleep(0.3)
-    assert servers.log("a") == [] and not os.path.exists(tmp_path / "out" / "jobs.json")
+    assert servers.log("a") == [] and not os.path.exists(tmp_path / "out" / "jobs.sqlite")
 
 
-def test_jobs_spread_over_two_servers_with_results_and_files(servers, tmp_path):
-    urls = [servers.start("a"), servers.start("b")]
+def test_jobs_run_with_results_and_files(servers, tmp_path):
+    url = servers.start("a")
     rows = [{"job": f"j{i}", "prompt": f"prompt {i}", "seed": 100 + i, "lora_strength": 0.5} for i in range(6)]
     out = str(tmp_path / "out")
-    code = queue_main([LORA_WORKFLOW, _table(tmp_path, rows), "--server", urls[0], "--server", urls[1], "--out", out, "--per-server", "1"])
-    assert code == 0
+    assert queue_main([LORA_WORKFLOW, _table(tmp_path, rows), "--server", url, "--out", out, "--per-server", "2"]) == 0
     results = _results(out)
     assert sorted(r["job"] for r in results) == [f"j{i}" for i in range(6)]
-    assert {r["server"] for r in results} == {f"http://{u}" for u in urls}  # both servers worked
     for r in results:
-        assert r["seed"] == 100 + int(r["job"][1:]) and r["seconds"] > 0 and os.path.getsize(os.path.join(out, r["files"][0])) > 0
-    ran = servers.log("a") + servers.log("b")
-    assert sorted(e["seed"] for e in ran) == [100 + i for i in range(6)]
+        assert r["server"] == f"http://{url}" and r["seed"] == 100 + int(r["job"][1:]) and r["seconds"] > 0
+        assert os.path.getsize(os.path.join(out, r["files"][0])) > 0
+    assert sorted(e["seed"] for e in servers.log("a")) == [100 + i for i in range(6)]
 
 
-def test_a_failed_job_is_retried_on_the_other_server(servers, tmp_path):
-    urls = [servers.start("a", fail_seed=13), servers.start("b")]
+def test_a_failed_job_is_tried_again_then_reported_with_comfyuis_message(servers, tmp_path, capsys):
+    url = servers.start("a", fail_seed=13)
     out = str(tmp_path / "out")
-    assert queue_main([WORKFLOW, _table(tmp_path, [{"job": "unlucky", "seed": 13}]), "--server", urls[0], "--server", urls[1], "--out", out]) == 0
-    assert [e["ok"] for e in servers.log("a")] == [False] and [e["ok"] for e in servers.log("b")] == [True]
-    assert _results(out)[0]["server"] == f"http://{urls[1]}"
+    rows = [{"job": "unlucky", "seed": 13}, {"job": "fine", "seed": 14}]
+    assert queue_main([WORKFLOW, _table(tmp_path, rows), "--server", url, "--out", out, "--retries", "1"]) == 1
+    assert [e["ok"] for e in servers.log("a") if e["job"] == "unlucky"] == [False, False]  # the first try and one retry
+    assert [r["job"] for r in _results(out)] == ["fine"]
+    err = capsys.readouterr().err
+    assert "failed unlucky:" in err and "seed 13" in err, err
 
 
-def test_a_server_killed_mid_run_loses_nothing_and_repeats_nothing(servers, tmp_path):
-    urls = [servers.start("a", seconds=0.4), servers.start("b", seconds=0.4)]
-    rows = [{"job": f"j{i}", "seed": i} for i in range(10)]
-    out = str(tmp_path / "out")
-    from zimage_pack.client.table import read_table
-
-    runner = Runner(json.load(open(WORKFLOW)), read_table(_table(tmp_path, rows)), urls, out, per_server=2, poll_seconds=0.2)
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    deadline = time.time() + 30
-    while len(servers.log("a")) < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    servers.kill("a")  # mid-run: one job running there, one queued
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-    results = _results(out)
-    assert sorted(r["job"] for r in results) == sorted(f"j{i}" for i in range(10))  # each job delivered exactly once
-    delivered_by = {r["job"]: r["server"] for r in results}
-    finished_on_a = [e["job"] for e in servers.log("a") if e["ok"]]
-    finished_on_b = [e["job"] for e in servers.log("b") if e["ok"]]
-    assert len(finished_on_b) == len(set(finished_on_b)) and len(finished_on_a) == len(set(finished_on_a))
-    # A job runs again only when its first run finished on 'a' but 'a' died before its pictures were
-    # collected (they are lost with the server); a job delivered from 'a' never runs again.
-    for job in set(finished_on_a) & set(finished_on_b):
-        assert delivered_by[job] == f"http://{urls[1]}", (job, delivered_by[job])
-    assert set(finished_on_a) | set(finished_on_b) == set(delivered_by)
-    assert all(delivered_by[job] == f"http://{urls[0]}" for job in set(finished_on_a) - set(finished_on_b))
-    assert len(servers.log("a")) >= 2 and len(finished_on_b) >= 5
+def test_several_servers_without_ray_say_what_to_install(servers, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as on an install without the [cluster] extra
+    monkeypatch.delitem(sys.modules, "zimage_pack.client.ray_pool", raising=False)
+    urls = [servers.start("a"), servers.start("b")]
+    code = queue_main([WORKFLOW, _table(tmp_path, [{"seed": 1}]), "--server", urls[0], "--server", urls[1], "--out", str(tmp_path / "out")])
+    assert code == 2 and 'pip install "comfyui-zimage[cluster]"' in capsys.readouterr().err
+    assert servers.log("a") == servers.log("b") == []
 
 
 def test_a_killed_client_resumes_with_exactly_the_missing_jobs(servers, tmp_path):
@@ -179,8 +165,7 @@ def test_a_killed_client_resumes_with_exactly_the_missing_jobs(servers, tmp_path
     assert sorted(r["job"] for r in _results(out)) == sorted(f"j{i}" for i in range(8))
     executions = [e["job"] for e in servers.log("a")]
     assert sorted(executions) == sorted(f"j{i}" for i in range(8))  # nothing sent twice: the in-flight ones were collected
-    jobs = json.load(open(os.path.join(out, "jobs.json")))["jobs"]
-    assert all(j["state"] == "done" for j in jobs.values())
+    assert _states(out) == {f"j{i}": "done" for i in range(8)}
     # a third run has nothing left to do and sends nothing
     assert subprocess.run(command, stderr=subprocess.DEVNULL).returncode == 0 and len(servers.log("a")) == 8
 
