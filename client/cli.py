@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             pool.close()
         print(f"zimage-queue: {err}", file=sys.stderr)
         return 2
-    counts = runner.run()
+    try:
+        counts = runner.run()
+    finally:
+        pool.close()
     print(f"\ndone {counts[DONE]}, failed {counts[FAILED]}, left {counts[PENDING] + counts[SUBMITTED]}; results in {args.out}/results.jsonl", file=sys.stderr)
     for job in runner.jobs(FAILED):
         print(f"  failed {job['job']}: {job.get('error', '')}", file=sys.stderr)

@@ -155,8 +155,7 @@ class Runner:
                     self._settle(handle, pending)
                 self.on_change(self)
         finally:
-            self.pool.close()
-            self.store.close()
+            self.store.close()  # the pool is its creator's to close
         self.on_change(self)
         return self.counts()
 
