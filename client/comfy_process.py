@@ -1,5 +1,5 @@
 """A ComfyUI started by a batch worker on its own node (``zimage-queue --comfyui DIR``): loopback only, a free
-port, its own output/temp folders and an in-memory database (so several on one node do not share files),
+port, its own output, temp and user folders and an in-memory database (so several on one node do not share files),
 and it dies with the worker process that started it (Linux: the parent-death signal)."""
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ class ComfyProcess:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
+        os.makedirs(os.path.join(self.work, "user"), exist_ok=True)
+        # ComfyUI takes the last of a repeated option: extra_args may name other folders
         command = [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
                    "--output-directory", os.path.join(self.work, "output"), "--temp-directory", os.path.join(self.work, "temp"),
-                   "--database-url", "sqlite:///:memory:", *self.extra_args]
+                   "--user-directory", os.path.join(self.work, "user"), "--database-url", "sqlite:///:memory:", *self.extra_args]
         self.log_path = os.path.join(self.work, "comfyui.log")
         with open(self.log_path, "w", encoding="utf-8") as log:
             self.proc = subprocess.Popen(command, cwd=self.comfyui_dir, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,

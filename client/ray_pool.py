@@ -32,6 +32,7 @@ class RayServerWorker(ServerWorker):
             return super().run_job(graph, prompt_id, extra_data)
         except ServerGone:
             if self.process is not None:
+                self.process.stop()  # its folders
                 os._exit(1)  # the ComfyUI this worker started died: Ray restarts the worker (a new ComfyUI) and retries its calls
             raise
 

@@ -168,7 +168,9 @@ class Runner:
                 room -= 1
             url = self.pool.server_of(key)
             while room > 0 and pending:
-                name = next((n for n in pending if url not in self.records[n]["tried"]), pending[0])  # another server first after a failure
+                name = self._next_for(url, pending)
+                if name is None:
+                    break
                 pending.remove(name)
                 self._send(name, key, str(uuid.uuid4()))
                 room -= 1
@@ -176,6 +178,12 @@ class Runner:
             del follow_ups[name]
             self._set(name, state=PENDING)
             pending.appendleft(name)
+
+    def _next_for(self, url: str, pending: collections.deque) -> str | None:
+        """The first pending job not yet tried on ``url``; one that was waits for another server, unless
+        it has been tried on every server there is."""
+        servers = {self.pool.server_of(k) for k in self.pool.keys()}
+        return next((n for n in pending if url not in self.records[n]["tried"] or servers <= set(self.records[n]["tried"])), None)
 
     def _send(self, name: str, key: str, prompt_id: str) -> None:
         # recorded before it is sent: if this client dies in between, a rerun finds it on the server by its id

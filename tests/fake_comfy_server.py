@@ -1,6 +1,6 @@
 """A small server speaking ComfyUI's API as ComfyUI v0.33 does (aiohttp, like ComfyUI itself), for the
 queue client's tests: POST /prompt (client-chosen prompt_id, 400 with node_errors for an unknown
-class), GET /queue, /history/{id}, /view, /object_info, and /ws with status, execution_start,
+class), GET /queue, /history/{id}, /view, /object_info, /system_stats, and /ws with status, execution_start,
 executing, progress, executed, execution_success / execution_error. Each job "runs" for --seconds
 and writes a small PNG; every finished execution is appended to --log (to count executions).
 
@@ -71,6 +71,9 @@ class FakeComfy:
         await self.status()
         return web.json_response({"prompt_id": prompt_id, "number": self.number, "node_errors": {}})
 
+    async def system_stats(self, request):
+        return web.json_response({"system": {"comfyui_version": "test server"}, "devices": []})
+
     async def get_queue(self, request):
         return web.json_response({"queue_running": self.running, "queue_pending": self.pending})
 
@@ -132,7 +135,8 @@ async def serve(args) -> None:
     fake = FakeComfy(info, args.log, args.seconds, args.fail_seed, args.output_dir)
     app = web.Application()
     app.add_routes([web.get("/ws", fake.ws), web.post("/prompt", fake.post_prompt), web.get("/queue", fake.get_queue),
-                    web.get("/history/{prompt_id}", fake.get_history), web.get("/view", fake.view), web.get("/object_info", fake.get_object_info)])
+                    web.get("/history/{prompt_id}", fake.get_history), web.get("/view", fake.view), web.get("/object_info", fake.get_object_info),
+                    web.get("/system_stats", fake.system_stats)])
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port)

@@ -9,6 +9,8 @@ records (the real server's output folder, the test server's log), never in the c
   the other node and retried its calls, which collected what the server had already run); a job runs a
   second time only when its first run finished on the killed server and died there with its pictures;
 - the client killed with jobs in flight and run again: no job twice, and a third run sends nothing;
+- workers that start their own ComfyUI (--comfyui): one ComfyUI killed mid-run, Ray restarts its worker with
+  a fresh ComfyUI and retries its calls: every job delivered once;
 - a bad table is refused by row with nothing sent; a job ComfyUI failed goes to the other server."""
 
 from __future__ import annotations
@@ -91,7 +93,9 @@ def start_servers(tmp_path: Path, count: int, **kwargs) -> list[Server]:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    # Ray's session folders in the test's temporary folder, not /tmp/ray (short: its socket paths must stay under 108 bytes)
+    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
     small = dict(num_cpus=1, object_store_memory=80 * 2**20)
     head = Cluster(initialize_head=True, head_node_args=dict(small, include_dashboard=False))
     nodes = [head.add_node(**small, resources={"zimage_worker": 8}) for _ in range(2)]
@@ -100,6 +104,7 @@ def cluster():
     yield head
     ray.shutdown()
     head.shutdown()
+    del os.environ["RAY_TMPDIR"]
 
 
 def workflow_and_rows(count: int, prefix: str = "j") -> tuple[dict, list[dict]]:
@@ -225,9 +230,10 @@ def test_a_job_comfyui_failed_goes_to_the_other_server(cluster, tmp_path):
         rows = [{"job": "unlucky", "seed": 13, "_line": 2}] + [{"job": f"f{i}", "seed": i, "_line": 3 + i} for i in range(5)]
         out = tmp_path / "out"
         pool = RayPool([s.url for s in servers], per_server=1, patience=3.0, poll_seconds=0.5, actor_options=WORKER)
-        counts = Runner(json.loads(FAKE_WORKFLOW.read_text()), rows, pool, str(out)).run()
+        runner = Runner(json.loads(FAKE_WORKFLOW.read_text()), rows, pool, str(out))
+        counts = runner.run()
         pool.close()
-        assert counts["done"] == 6 and counts["failed"] == 0
+        assert counts["done"] == 6 and counts["failed"] == 0, [(j["job"], j["state"], j["error"]) for j in runner.jobs() if j["state"] != "done"]
         delivered = {r["job"]: r["server"] for r in results(out)}
         assert delivered["unlucky"] == servers[1].url and set(delivered.values()) == {s.url for s in servers}  # both servers worked
         tried = [json.loads(line) for line in (tmp_path / "failing" / "runs.jsonl").read_text().splitlines()]
@@ -235,3 +241,76 @@ def test_a_job_comfyui_failed_goes_to_the_other_server(cluster, tmp_path):
     finally:
         for server in servers:
             server.stop()
+
+
+FAKE_MAIN = """import argparse, os, sys
+parser = argparse.ArgumentParser()
+parser.add_argument("--port", type=int)
+parser.add_argument("--output-directory", action="append")
+args, _ = parser.parse_known_args()
+out = args.output_directory[-1]
+os.makedirs(out, exist_ok=True)
+os.execv(sys.executable, [sys.executable, {server!r}, "--object-info", {info!r}, "--log", os.path.join(out, "runs.jsonl"),
+                          "--output-dir", out, "--port", str(args.port), "--seconds", "0.4"])
+"""
+
+
+def _comfyui_folder(tmp_path: Path) -> tuple[str, str | None]:
+    """A ComfyUI folder for --comfyui: a copy of the real one, or a folder whose main.py starts the pack's
+    test server with ComfyUI's arguments."""
+    if REAL:
+        return str(ComfyServer(find_comfyui(), comfyui_python(), tmp_path / "install").home), comfyui_python()
+    from zimage_pack.workflows.build import OBJECT_INFO_PATH
+
+    folder = tmp_path / "fake_comfyui"
+    folder.mkdir()
+    (folder / "main.py").write_text(FAKE_MAIN.format(server=str(HERE / "fake_comfy_server.py"), info=OBJECT_INFO_PATH))
+    return str(folder), sys.executable
+
+
+def _pid_listening_on(url: str) -> int:
+    port = url.rsplit(":", 1)[1]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--port" in command and command[command.index(b"--port") + 1] == port.encode():
+            return int(pid)
+    raise AssertionError(f"no process serves {url}")
+
+
+def test_workers_that_start_their_own_comfyui_restart_it_when_it_dies(cluster, tmp_path):
+    comfyui, python = _comfyui_folder(tmp_path)
+    outputs = tmp_path / "outputs"  # both ComfyUIs save here (ComfyUI takes the last --output-directory): the executions
+    extra = ("--cpu", "--output-directory", str(outputs)) if REAL else ("--output-directory", str(outputs))
+    pool = RayPool(comfyui=comfyui, workers=2, comfyui_python=python, comfyui_args=extra, gpus_per_server=0, per_server=2, patience=3.0,
+                   poll_seconds=0.5, actor_options=WORKER)
+    try:
+        workflow, rows = workflow_and_rows(24, prefix="c")
+        out = tmp_path / "out"
+        runner = Runner(workflow, rows, pool, str(out))
+        victim = pool.keys()[0]
+        first_url = pool.server_of(victim)
+        outcome = {}
+        thread = threading.Thread(target=lambda: outcome.update(runner.run()))
+        thread.start()
+
+        def executions() -> list[str]:
+            if REAL:
+                return sorted(n.rsplit("_", 2)[0] for n in os.listdir(outputs) if n.endswith("_.png")) if outputs.exists() else []
+            log = outputs / "runs.jsonl"
+            return sorted(e["job"] for e in map(json.loads, log.read_text().splitlines()) if e["ok"]) if log.exists() else []
+
+        wait_until(lambda: len(executions()) >= 4, what="four jobs run")
+        os.kill(_pid_listening_on(first_url), signal.SIGKILL)  # the ComfyUI the first worker started
+        thread.join(timeout=300)
+        assert not thread.is_alive(), "the batch did not finish"
+        names = sorted(r["job"] for r in rows)
+        assert outcome["done"] == 24 and outcome["failed"] == 0, outcome
+        assert sorted(r["job"] for r in results(out)) == names  # each delivered once
+        ran = executions()
+        assert sorted(set(ran)) == names and len(ran) - len(names) <= 2 * pool.capacity  # again only what died in flight with that ComfyUI
+        assert victim in pool.keys() and pool.server_of(victim) != first_url  # the same worker, restarted by Ray with a new ComfyUI
+    finally:
+        pool.close()
