@@ -215,3 +215,26 @@ def test_a_server_answer_cannot_make_the_client_write_outside_out_files(tmp_path
     with pytest.raises(ValueError, match="not a plain file extension"):
         local_file(str(tmp_path), "job", 0, server_name)
     assert local_file(str(tmp_path), "job", 3, "ComfyUI_00001_.png") == os.path.realpath(tmp_path / "files" / "job_03.png")
+
+
+def test_an_output_folder_of_the_earlier_client_is_taken_over_without_running_its_done_jobs_again(servers, tmp_path):
+    from zimage_pack.client.overrides import apply_row
+    from zimage_pack.client.store import graph_hash
+
+    url = servers.start("a")
+    workflow = json.load(open(WORKFLOW))
+    rows = [{"job": "old-done", "seed": 1}, {"job": "old-pending", "seed": 2}]
+    out = tmp_path / "out"
+    (out / "files").mkdir(parents=True)
+    (out / "files" / "old-done_00.png").write_bytes(b"png")
+    jobs = {}
+    for row, state in zip(rows, ("done", "pending")):  # the job file as the client before the job store wrote it
+        graph, _ = apply_row(workflow, row)
+        jobs[row["job"]] = {"job": row["job"], "line": None, "graph": graph_hash(graph), "seed": row["seed"], "state": state, "attempts": 0, "tried": []}
+    jobs["old-done"].update(server=f"http://{url}", prompt_id="p-old", files=["files/old-done_00.png"], seconds=1.0, done_on=f"http://{url}", done_at=1.0)
+    (out / "jobs.json").write_text(json.dumps({"jobs": jobs}))
+    assert queue_main([WORKFLOW, _table(tmp_path, rows), "--server", url, "--out", str(out)]) == 0
+    assert [e["job"] for e in servers.log("a")] == ["old-pending"]
+    assert sorted(r["job"] for r in _results(out)) == ["old-done", "old-pending"]
+    assert not (out / "jobs.json").exists() and (out / "jobs.json.imported").exists()
+    assert _states(str(out)) == {"old-done": "done", "old-pending": "done"}
