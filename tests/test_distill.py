@@ -328,7 +328,7 @@ def test_the_command_trains_a_quantised_teacher_writes_its_outputs_and_resumes(t
             "--prompts", str(prompts), "--out", str(out), "--width", "32", "--height", "32", "--samples-per-prompt", "2",
             "--batch", "2", "--rank", "4", "--checkpoint-every", "2", "--sigma-mid", "0.4"]
     assert main(args + ["--steps", "4"]) == 0
-    for name in ("step1_lora.safetensors", "step2_lora.safetensors", "z_image_2step_bundle.safetensors", "teacher_cache.safetensors", "checkpoint.pt"):
+    for name in ("step1_lora.safetensors", "step2_lora.safetensors", "z_image_2step_bundle.safetensors", "teacher_cache.safetensors", "checkpoint"):
         assert (out / name).exists(), name
     bundle = load_bundle(str(out / "z_image_2step_bundle.safetensors"))
     assert bundle.settings.sigma_mid == 0.4 and bundle.settings.shift == 3.0

@@ -3,10 +3,12 @@ into a 2-step step-decoupled model: per-step LoRAs plus a bundle the pack's 2-st
 
     zimage-distill --teacher z_image_turbo_bf16.safetensors --text-encoder qwen_3_4b.safetensors \\
         --prompts prompts.txt --out runs/turbo2 --steps 3000 --rank 32        # run again to resume
+    accelerate launch --multi_gpu --num_processes 8 -m zimage_pack.train.cli …  # data-parallel: the same training
 
 Outputs in --out: step1_lora.safetensors, step2_lora.safetensors (diffusers/PEFT naming), the bundle
-z_image_2step_bundle.safetensors (copy it into models/zimage_bundles/), train_log.jsonl, checkpoint.pt,
-teacher_cache.safetensors (the teacher's samples, made once)."""
+z_image_2step_bundle.safetensors (copy it into models/zimage_bundles/), train_log.jsonl, checkpoint/
+(accelerate's state), teacher_cache.safetensors (the teacher's samples, made once). Under accelerate,
+--batch is the global batch (split among the processes) and --out must be a folder every process sees."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--samples-per-prompt", type=int, default=4, help="teacher samples (noises) per prompt in the cache")
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batch", type=int, default=4, help="the global batch: split among the processes accelerate launched (a multiple of their number)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-disc", type=float, default=1e-4)
@@ -51,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--stop-after", type=int, default=None, help="stop at this step with a checkpoint, without outputs (a time-boxed job); run again to go on")
     return p.parse_args(argv)
 
 
@@ -78,25 +81,40 @@ def load_models(teacher: str, text_encoder: str, tokenizer: str, weight_dtype: s
 
 def run(args) -> dict:
     from ..samplers.prompt_list import read_prompt_file
+    from .parallel import Processes
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    processes = Processes.start()  # one process, or this one's place in what accelerate launched
+    logging.basicConfig(level=logging.INFO if processes.main else logging.WARNING, format="%(message)s")
+    say = (lambda line: print(line, file=sys.stderr)) if processes.main else (lambda line: None)
     prompts = [item.prompt for item in read_prompt_file(args.prompts)]
     if not prompts:
         raise SystemExit(f"{args.prompts}: no prompts")
     tokenizer = args.tokenizer or os.environ.get("ZIMAGE_TOKENIZER_DIR", "")
     if not tokenizer:
         raise SystemExit("give --tokenizer (a folder with vocab.json and merges.txt) or set ZIMAGE_TOKENIZER_DIR")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.batch % processes.count:
+        raise SystemExit(f"--batch {args.batch} is the global batch and does not divide among {processes.count} processes: use a multiple of {processes.count}")
+    if processes.accelerator.mixed_precision != "no":
+        say(f"accelerate's mixed_precision={processes.accelerator.mixed_precision} is not used: the trainer computes in the teacher's"
+            " compute dtype (bf16 on a GPU) with float32 adapters; --weight-dtype sets the frozen base")
     config = config_from_args(args, prompts)
     os.makedirs(args.out, exist_ok=True)
-    module, encode = load_models(args.teacher, args.text_encoder, tokenizer, args.weight_dtype, device)
-    trainer = Trainer(config, module, encode, log=lambda line: print(line, file=sys.stderr))
-    trainer.train()
-    loras = write_loras(trainer.lora_states(), args.out, config)
-    counts = write_bundle(args.teacher, loras, os.path.join(args.out, BUNDLE_NAME), config.settings(), args.weight_dtype)
-    write_summary(args.out, config, counts)
-    print(f"wrote {loras['step1']}, {loras['step2']} and {os.path.join(args.out, BUNDLE_NAME)}", file=sys.stderr)
-    return {"loras": loras, "bundle": os.path.join(args.out, BUNDLE_NAME), "log": trainer.state.log}
+    module, encode = load_models(args.teacher, args.text_encoder, tokenizer, args.weight_dtype, processes.device)
+    trainer = Trainer(config, module, encode, log=say, processes=processes)
+    if processes.count > 1:
+        say(f"{processes.count} processes, {args.batch // processes.count} samples each per step (global batch {args.batch})")
+    trainer.train(until=min(args.stop_after, config.steps) if args.stop_after else None, progress=processes.main)
+    result = {"log": trainer.state.log, "step": trainer.state.step}
+    if trainer.state.step < config.steps:
+        say(f"stopped at step {trainer.state.step} of {config.steps} (checkpoint in {trainer.checkpoint_path}); run again to go on")
+    elif processes.main:  # the LoRAs, the bundle and the summary: written once
+        loras = write_loras(trainer.lora_states(), args.out, config)
+        counts = write_bundle(args.teacher, loras, os.path.join(args.out, BUNDLE_NAME), config.settings(), args.weight_dtype)
+        write_summary(args.out, config, counts)
+        say(f"wrote {loras['step1']}, {loras['step2']} and {os.path.join(args.out, BUNDLE_NAME)}")
+        result.update(loras=loras, bundle=os.path.join(args.out, BUNDLE_NAME))
+    processes.wait()
+    return result
 
 
 def main(argv=None) -> int:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -274,37 +275,77 @@ def files_identity(*paths: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_cache(config: DistillConfig, module, encode, log=print) -> dict:
+def build_cache(config: DistillConfig, module, encode, log=print, processes=None) -> dict:
     """The teacher's samples (noise, state at σ_mid, x0) for every prompt × sample, made once into
-    ``out/teacher_cache.safetensors`` and reused while the settings are the same."""
+    ``out/teacher_cache.safetensors`` and reused while the settings are the same (with any number of
+    processes). Several processes each make the samples of every N-th prompt into a shard; the main one
+    joins the shards in the one-process order into the one file. A prompt's samples are computed the same
+    way whichever process makes them, so the file is the same bit for bit."""
     path = os.path.join(config.out, "teacher_cache.safetensors")
     key = json.dumps({"prompts": config.prompts, "size": [config.width, config.height], "samples": config.samples_per_prompt,
                       "steps": config.teacher_steps, "shift": config.shift, "sigma_mid": config.sigma_mid, "seed": config.seed,
                       "models": config.models})
-    if os.path.exists(path):
-        from safetensors import safe_open
+    rank, count = (processes.rank, processes.count) if processes is not None else (0, 1)
+    if _cache_key(path) != key:
+        mine = _teacher_samples(config, module, encode, log, prompts=range(rank, len(config.prompts), count))
+        if count == 1:
+            _save_cache([mine], path, key)
+        else:
+            shard = os.path.join(config.out, f"teacher_cache.part{rank}of{count}.safetensors")
+            save_file(mine, shard, metadata={"key": key})
+            processes.wait()
+            if processes.main:
+                shards = [os.path.join(config.out, f"teacher_cache.part{r}of{count}.safetensors") for r in range(count)]
+                _save_cache([load_file(name) for name in shards], path, key)
+                for name in shards:
+                    os.remove(name)
+            processes.wait()
+    return _cache_dict(load_file(path), len(config.prompts))
 
-        with safe_open(path, "pt") as handle:
-            if handle.metadata().get("key") == key:
-                return _cache_dict(load_file(path), len(config.prompts))
+
+def _cache_key(path: str) -> str | None:
+    if not os.path.exists(path):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as handle:
+        return (handle.metadata() or {}).get("key")
+
+
+def _teacher_samples(config: DistillConfig, module, encode, log, prompts) -> dict[str, torch.Tensor]:
+    """The samples of ``prompts`` (indices), as flat tensors: "noise.P.J", "x_mid.P.J", "x0.P.J", "features.P"."""
     sigma_mid = float(two_step_sigmas(config.settings())[1])
     device = module.x_pad_token.device  # the teacher runs there; the cache is kept on the CPU
-    features = [encode(p).to(device) for p in config.prompts]
     shape = (1, module.config.in_channels, config.height // 8, config.width // 8)
-    noises, mids, finals, index = [], [], [], []
-    for i, feats in enumerate(features):
-        for first in range(0, config.samples_per_prompt, config.batch):  # a prompt's samples run together, `batch` at a time
+    tensors = {}
+    for i in prompts:
+        feats = encode(config.prompts[i]).to(device)
+        tensors[f"features.{i}"] = feats.cpu().clone()
+        for first in range(0, config.samples_per_prompt, config.batch):  # a prompt's samples run together, `batch` (global) at a time
             count = min(config.batch, config.samples_per_prompt - first)
             # ComfyUI's noise, one seed per sample: the pack's sampler starts from exactly this
             noise = torch.cat([comfy_noise(shape, config.seed * 1_000_003 + i * 1009 + j) for j in range(first, first + count)])
             x0, mid = teacher_run(module, noise.to(device), [feats] * count, config.teacher_steps, config.shift, sigma_mid)
-            noises.extend(noise), mids.extend(mid.float().cpu()), finals.extend(x0.float().cpu()), index.extend([i] * count)
-        log(f"teacher cache: prompt {i + 1}/{len(features)}")
-    tensors = {"noise": torch.stack(noises), "x_mid": torch.stack(mids), "x0": torch.stack(finals), "prompt": torch.tensor(index)}
-    tensors.update({f"features.{i}": f.cpu().contiguous() for i, f in enumerate(features)})
-    os.makedirs(config.out, exist_ok=True)
-    save_file(tensors, path, metadata={"key": key})
-    return _cache_dict(tensors, len(config.prompts))
+            for j in range(count):
+                tensors[f"noise.{i}.{first + j}"] = noise[j].clone()  # clones: safetensors refuses views of one storage
+                tensors[f"x_mid.{i}.{first + j}"] = mid[j].float().cpu().clone()
+                tensors[f"x0.{i}.{first + j}"] = x0[j].float().cpu().clone()
+        log(f"teacher cache: prompt {i + 1}/{len(config.prompts)}")
+    return tensors
+
+
+def _save_cache(parts: list[dict], path: str, key: str) -> None:
+    """The samples in one file, prompt by prompt, each prompt's samples in order (the one-process order)."""
+    found = {k: v for part in parts for k, v in part.items()}
+    prompts = sorted(int(k.split(".")[1]) for k in found if k.startswith("features."))
+    samples = sorted({int(k.split(".")[2]) for k in found if k.startswith("noise.")})
+    order = [(i, j) for i in prompts for j in samples]
+    tensors = {name: torch.stack([found[f"{name}.{i}.{j}"] for i, j in order]) for name in ("noise", "x_mid", "x0")}
+    tensors["prompt"] = torch.tensor([i for i, _ in order])
+    tensors.update({f"features.{i}": found[f"features.{i}"] for i in prompts})
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_file(tensors, path + ".tmp", metadata={"key": key})
+    os.replace(path + ".tmp", path)
 
 
 def _cache_dict(tensors: dict, prompts: int) -> dict:
@@ -320,12 +361,20 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, config: DistillConfig, module, encode, log=print):
-        self.config, self.module, self.log_line = config, module, log
+    """One process of the training (``processes``: this process's place among those accelerate launched;
+    by default the only one)."""
+
+    def __init__(self, config: DistillConfig, module, encode, log=print, processes=None):
+        from .parallel import Processes
+
+        self.config, self.module = config, module
+        self.processes = processes or Processes.start()
+        self.log_line = log if self.processes.main else (lambda *args: None)
+        self.share = self.processes.share(config.batch)  # refuses a global batch that does not divide among the processes
         torch.manual_seed(config.seed)
         module.requires_grad_(False)
         self.device = module.x_pad_token.device
-        self.cache = build_cache(config, module, encode, log)
+        self.cache = build_cache(config, module, encode, self.log_line, self.processes)
         self.features = [f.to(self.device) for f in self.cache["features"]]
         self.params = add_adapters(module, config.rank, config.decoupled, config.lora_targets)
         self.activate = AdapterSwitch(module, self.params, config.decoupled)
@@ -333,29 +382,28 @@ class Trainer:
             module.enable_gradient_checkpointing(gradient_checkpointing_func=self.activate.checkpoint)
         depth = module.config.n_layers
         self.disc = Discriminator(module.config.dim, config.disc_layers or tuple(sorted({depth // 3, (2 * depth) // 3}))).to(self.device)
+        self.processes.same_everywhere(self.params + list(self.disc.parameters()))
         self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
         self.opt_disc = torch.optim.AdamW(self.disc.parameters(), lr=config.lr_disc, betas=(0.0, 0.99), weight_decay=0.0)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)  # one stream for the global batch, the same on every process
         self.sigmas = tuple(float(s) for s in two_step_sigmas(config.settings())[:2])
         self.state = TrainState()
+        self.processes.accelerator.register_for_checkpointing(self)
         self._resume()
 
-    # checkpoints: everything a resumed run needs to continue exactly as an uninterrupted one
+    # checkpoints through accelerate's state: this trainer's state_dict (adapters, discriminator, both
+    # optimisers, the generator, the step, the log) and every process's random state; a resumed run,
+    # with any number of processes, continues exactly as an uninterrupted one
     @property
     def checkpoint_path(self) -> str:
-        return os.path.join(self.config.out, "checkpoint.pt")
+        return os.path.join(self.config.out, "checkpoint")
 
-    def save_checkpoint(self) -> None:
-        state = {"step": self.state.step, "log": self.state.log, "lora": [p.detach().clone() for p in self.params],
-                 "disc": self.disc.state_dict(), "opt": self.opt.state_dict(), "opt_disc": self.opt_disc.state_dict(),
-                 "generator": self.generator.get_state(), "config": asdict(self.config)}
-        torch.save(state, self.checkpoint_path + ".tmp")
-        os.replace(self.checkpoint_path + ".tmp", self.checkpoint_path)
+    def state_dict(self) -> dict:
+        return {"step": self.state.step, "log": self.state.log, "lora": [p.detach().cpu().clone() for p in self.params],
+                "disc": self.disc.state_dict(), "opt": self.opt.state_dict(), "opt_disc": self.opt_disc.state_dict(),
+                "generator": self.generator.get_state(), "config": asdict(self.config)}
 
-    def _resume(self) -> None:
-        if not os.path.exists(self.checkpoint_path):
-            return
-        state = torch.load(self.checkpoint_path, weights_only=False)
+    def load_state_dict(self, state: dict) -> None:
         mine = {k: v for k, v in asdict(self.config).items() if k not in ("steps", "checkpoint_every")}
         theirs = {k: v for k, v in state["config"].items() if k not in ("steps", "checkpoint_every")}
         if json.dumps(mine, sort_keys=True, default=list) != json.dumps(theirs, sort_keys=True, default=list):
@@ -369,7 +417,28 @@ class Trainer:
         self.opt_disc.load_state_dict(state["opt_disc"])
         self.generator.set_state(state["generator"])
         self.state = TrainState(state["step"], state["log"])
-        self._write_log()  # drops the lines of steps after the checkpoint: they run again
+
+    def save_checkpoint(self) -> None:
+        """Written beside, then swapped in: a run killed while saving keeps the last checkpoint."""
+        fresh, old = self.checkpoint_path + ".tmp", self.checkpoint_path + ".old"
+        self.processes.accelerator.save_state(fresh)  # every process: its random state; the main one: the rest
+        self.processes.wait()
+        if self.processes.main:
+            if os.path.exists(self.checkpoint_path):
+                os.replace(self.checkpoint_path, old)
+            os.replace(fresh, self.checkpoint_path)
+            shutil.rmtree(old, ignore_errors=True)
+        self.processes.wait()
+
+    def _resume(self) -> None:
+        if os.path.isdir(self.checkpoint_path):
+            self.processes.accelerator.load_state(self.checkpoint_path)
+        elif os.path.exists(os.path.join(self.config.out, "checkpoint.pt")):  # a checkpoint of the one-process trainer before accelerate
+            self.load_state_dict(torch.load(os.path.join(self.config.out, "checkpoint.pt"), weights_only=False))
+        else:
+            return
+        if self.processes.main:
+            self._write_log()  # drops the lines of steps after the checkpoint: they run again
         self.log_line(f"resumed at step {self.state.step}")
 
     def _write_log(self) -> None:
@@ -377,9 +446,12 @@ class Trainer:
             handle.writelines(json.dumps(entry) + "\n" for entry in self.state.log)
 
     def batch(self):
+        """This process's share of the global batch: every draw is made for the whole batch (the same on
+        every process, on the CPU: the same on every device) and sliced."""
         index = torch.randint(0, self.cache["noise"].shape[0], (self.config.batch,), generator=self.generator)
+        renoise = torch.randn(self.cache["noise"][index].shape, generator=self.generator)
+        index, renoise = index[self.share], renoise[self.share]
         features = [self.features[int(self.cache["prompt"][i])] for i in index]
-        renoise = torch.randn(self.cache["noise"][index].shape, generator=self.generator)  # drawn on the CPU: the same on every device
         on = lambda t: t.to(self.device)  # noqa: E731
         return on(self.cache["noise"][index]), on(self.cache["x_mid"][index]), on(self.cache["x0"][index]), features, on(renoise)
 
@@ -395,8 +467,9 @@ class Trainer:
         disc_inputs = None
         if adversarial:
             low, high = c.renoise
-            sigma = (low + (high - low) * torch.rand(2 * noise.shape[0], generator=self.generator)).to(self.device)
-            fresh = torch.randn((2 * noise.shape[0],) + tuple(noise.shape[1:]), generator=self.generator).to(self.device)
+            mine = torch.cat([torch.arange(c.batch)[self.share], c.batch + torch.arange(c.batch)[self.share]])  # this process's reals, then fakes
+            sigma = (low + (high - low) * torch.rand(2 * c.batch, generator=self.generator))[mine].to(self.device)
+            fresh = torch.randn((2 * c.batch,) + tuple(noise.shape[1:]), generator=self.generator)[mine].to(self.device)
             both = torch.cat([x0_t, x0])
             noised = sigma[:, None, None, None] * fresh + (1 - sigma[:, None, None, None]) * both
             hidden = self.disc.features(self.module, noised, sigma, features + features, self.activate)
@@ -414,6 +487,7 @@ class Trainer:
         loss = torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()
         self.opt_disc.zero_grad()
         loss.backward()
+        self.processes.average_gradients(list(self.disc.parameters()))
         self.opt_disc.step()
         accuracy = ((real > 0).float().mean() + (fake < 0).float().mean()).item() / 2
         return {"disc": loss.item(), "disc_acc": accuracy}
@@ -424,6 +498,7 @@ class Trainer:
         total, parts, hidden = self.losses(noise, x_mid_t, x0_t, features, renoise)
         self.opt.zero_grad()
         total.backward()
+        self.processes.average_gradients(self.params)  # the global batch's gradient, on every process
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         for group in self.opt.param_groups:  # warm-up then cosine
             group["lr"] = c.lr * min(1.0, (self.state.step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * self.state.step / max(1, c.steps)))
@@ -431,19 +506,22 @@ class Trainer:
         if hidden is not None:
             parts.update(self.discriminator_step(hidden, noise.shape[0]))
         self.state.step += 1
-        return parts
+        names = sorted(parts)  # the losses and the discriminator's accuracy over the global batch: averaged over the processes
+        averaged = self.processes.mean(torch.tensor([parts[n] for n in names], dtype=torch.float64, device=self.processes.device))
+        return dict(zip(names, averaged.tolist()))
 
     def train(self, until: int | None = None, progress: bool = True) -> list[dict]:
         """Trains to ``until`` (default: the configured steps), checkpointing on the way."""
         until = self.config.steps if until is None else until
-        bar = _bar(until, self.state.step) if progress else None
+        bar = _bar(until, self.state.step) if progress and self.processes.main else None
         start = time.perf_counter()
         while self.state.step < until:
             parts = self.train_step()
             entry = {"step": self.state.step, **{k: round(v, 6) for k, v in parts.items()}, "seconds": round(time.perf_counter() - start, 2)}
             self.state.log.append(entry)
-            with open(os.path.join(self.config.out, "train_log.jsonl"), "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            if self.processes.main:
+                with open(os.path.join(self.config.out, "train_log.jsonl"), "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(entry) + "\n")
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items() if k in ("final", "step1", "disc_acc")})
