@@ -7,7 +7,7 @@ teacher's features (batch 2: real + fake), the backward and the optimiser step (
 Configurations: frozen base bf16 or fp8 (a Comfy-Org fp8 file: float8_e4m3fn blocks, bf16 compute),
 gradient checkpointing off/on, batch 1, 1024², LoRA rank 32, 512 caption tokens.
 
-    python bench/distill_memory.py [--size 1024] [--rank 32] [--batch 1]
+    python bench/distill_memory.py [--size 1024] [--rank 32] [--batch 1] [--processes 8 --configs bf16:on,fp8:on]
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ class _WholeStep(torch.nn.Module):
         return loss - 0.05 * self.disc.logits([h[batch:] for h in hidden]).mean()
 
 
-def traced_step(base: str, checkpointing: bool, size: int, rank: int, batch: int, caption_tokens: int) -> tuple[float, float]:
-    """(weights GiB, peak GiB) of one training step."""
+def traced_step(base: str, checkpointing: bool, size: int, rank: int, batch: int, caption_tokens: int, processes: int = 1) -> tuple[float, float]:
+    """(weights GiB, peak GiB) of one training step (of one of ``processes`` data-parallel processes, with
+    ``batch`` its share: the gradients averaged as train/parallel.py does, one flat buffer reduced in place)."""
     from diffusers import ZImageTransformer2DModel
     from torch._subclasses.fake_tensor import FakeTensorMode
     from quantized_memory import _tracker  # MemTracker without grad hooks: the frozen base has no gradient to hook
@@ -110,6 +111,14 @@ def traced_step(base: str, checkpointing: bool, size: int, rank: int, batch: int
         with tracker:
             loss = step(noise, target, features, batch)
             loss.backward()
+            if processes > 1:  # Processes.average_gradients: the all-reduce works in place on this buffer
+                with_grad = [p for p in params + list(disc.parameters()) if p.grad is not None]
+                flat = torch.cat([p.grad.reshape(-1) for p in with_grad]) / processes
+                offset = 0
+                for p in with_grad:
+                    p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+                    offset += p.numel()
+                del flat
             optimiser.step()
         peak = next(iter(tracker.get_tracker_snapshot("peak").values()))["Total"]
     return weights / GIB, peak / GIB
@@ -122,14 +131,16 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--caption-tokens", type=int, default=512)
     parser.add_argument("--configs", default="bf16:off,bf16:on,fp8:off,fp8:on", help="base:checkpointing pairs to trace")
+    parser.add_argument("--processes", type=int, default=1, help="per GPU of a data-parallel run (accelerate launch): --batch is then each GPU's share")
     args = parser.parse_args()
     import zimage_pack  # noqa: F401
 
-    print(f"one zimage-distill step, real size, {args.size}², batch {args.batch}, rank {args.rank} (traced: FakeTensorMode + MemTracker)")
+    print(f"one zimage-distill step, real size, {args.size}², batch {args.batch}{' per GPU of %d' % args.processes if args.processes > 1 else ''}, "
+          f"rank {args.rank} (traced: FakeTensorMode + MemTracker)")
     print(f"{'frozen base':12s} {'checkpointing':14s} {'weights':>9s} {'peak':>9s}   smallest card")
     for pair in args.configs.split(","):
         base, checkpointing = pair.split(":")[0], pair.split(":")[1] == "on"
-        weights, peak = traced_step(base, checkpointing, args.size, args.rank, args.batch, args.caption_tokens)
+        weights, peak = traced_step(base, checkpointing, args.size, args.rank, args.batch, args.caption_tokens, args.processes)
         card = next((name for name, gb in CARDS if peak * 1.1 <= gb * 0.93), "more than 141 GB")  # 10 % headroom, ~93 % of a card usable
         print(f"{base:12s} {'on' if checkpointing else 'off':14s} {weights:8.2f}G {peak:8.2f}G   {card}")
 

@@ -287,6 +287,7 @@ def build_cache(config: DistillConfig, module, encode, log=print, processes=None
                       "models": config.models})
     rank, count = (processes.rank, processes.count) if processes is not None else (0, 1)
     if _cache_key(path) != key:
+        os.makedirs(config.out, exist_ok=True)
         mine = _teacher_samples(config, module, encode, log, prompts=range(rank, len(config.prompts), count))
         if count == 1:
             _save_cache([mine], path, key)
