@@ -25,13 +25,17 @@ or <node id | node title | class name>.<input name> (e.g. 6.denoise, "Prompt.tex
 
 
 class ProgressBar:
-    def __init__(self, stream=sys.stderr, width: int = 30):
+    """Jobs done and failed, and each server's jobs in flight with the running one's step from /ws: redrawn
+    twice a second on a terminal, a line every ``every`` seconds (default 10) otherwise."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30, every: float | None = None):
         self.stream, self.width, self.last = stream, width, 0.0
         self.interactive = stream.isatty()
+        self.every = every if every is not None else (0.5 if self.interactive else 10.0)
 
     def __call__(self, runner: Runner) -> None:
         now = time.monotonic()
-        if now - self.last < (0.5 if self.interactive else 10.0):
+        if now - self.last < self.every and runner.in_flight:  # with nothing in flight (the end) it is always drawn
             return
         self.last = now
         counts = runner.counts()

@@ -237,3 +237,23 @@ def test_an_output_folder_of_the_earlier_client_is_taken_over_without_running_it
     assert sorted(r["job"] for r in _results(out)) == ["old-done", "old-pending"]
     assert not (out / "jobs.json").exists() and (out / "jobs.json.imported").exists()
     assert _states(str(out)) == {"old-done": "done", "old-pending": "done"}
+
+
+def test_the_progress_bar_shows_jobs_done_and_each_servers_step_from_ws(servers, tmp_path):
+    import io
+
+    from zimage_pack.client.cli import ProgressBar
+    from zimage_pack.client.pools import LocalPool
+    from zimage_pack.client.runner import Runner
+    from zimage_pack.client.table import read_table
+
+    url = servers.start("a", seconds=0.8)  # the test server sends 4 progress steps per job over /ws
+    stream = io.StringIO()
+    pool = LocalPool(url, per_server=1, poll_seconds=0.1)
+    runner = Runner(json.load(open(WORKFLOW)), read_table(_table(tmp_path, [{"job": f"j{i}", "seed": i} for i in range(3)])), pool,
+                    str(tmp_path / "out"), on_change=ProgressBar(stream, every=0.05), wait_seconds=0.05)
+    assert runner.run()["done"] == 3
+    pool.close()
+    lines = stream.getvalue().splitlines()
+    assert any(f"http://{url}: 1 in flight " in line and "/4" in line for line in lines), lines  # a step of the running job
+    assert lines[-1].startswith("[" + "#" * 30 + "] 3/3 done, 0 failed"), lines[-1]

@@ -15,6 +15,7 @@ records (the real server's output folder, the test server's log), never in the c
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ import ray  # the test extra has it
 from ray.cluster_utils import Cluster
 
 from comfyui_harness import ComfyServer, comfyui_python, find_comfyui
+from zimage_pack.client.cli import ProgressBar
 from zimage_pack.client.ray_pool import RayPool
 from zimage_pack.client.runner import Runner
 from zimage_pack.client.store import JobStore, default_url
@@ -230,9 +232,12 @@ def test_a_job_comfyui_failed_goes_to_the_other_server(cluster, tmp_path):
         rows = [{"job": "unlucky", "seed": 13, "_line": 2}] + [{"job": f"f{i}", "seed": i, "_line": 3 + i} for i in range(5)]
         out = tmp_path / "out"
         pool = RayPool([s.url for s in servers], per_server=1, patience=3.0, poll_seconds=0.5, actor_options=WORKER)
-        runner = Runner(json.loads(FAKE_WORKFLOW.read_text()), rows, pool, str(out))
+        stream = io.StringIO()
+        runner = Runner(json.loads(FAKE_WORKFLOW.read_text()), rows, pool, str(out), on_change=ProgressBar(stream, every=0.05), wait_seconds=0.05)
         counts = runner.run()
         pool.close()
+        lines = stream.getvalue().splitlines()  # the progress bar: each worker's jobs and the running one's step, from its server's /ws
+        assert any(all(f"{s.url}: " in line for s in servers) and "/4" in line for line in lines), lines
         assert counts["done"] == 6 and counts["failed"] == 0, [(j["job"], j["state"], j["error"]) for j in runner.jobs() if j["state"] != "done"]
         delivered = {r["job"]: r["server"] for r in results(out)}
         assert delivered["unlucky"] == servers[1].url and set(delivered.values()) == {s.url for s in servers}  # both servers worked
