@@ -319,3 +319,22 @@ def test_workers_that_start_their_own_comfyui_restart_it_when_it_dies(cluster, t
         assert victim in pool.keys() and pool.server_of(victim) != first_url  # the same worker, restarted by Ray with a new ComfyUI
     finally:
         pool.close()
+
+
+def test_a_server_that_does_not_answer_at_the_start_is_left_out_with_a_message(cluster, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    server = Server(tmp_path / "alive", real=False)
+    try:
+        rows = [{"job": f"a{i}", "seed": i, "_line": 2 + i} for i in range(4)]
+        pool = RayPool([dead, server.url], per_server=2, patience=1.0, poll_seconds=0.5, actor_options=WORKER)
+        assert pool.keys() == [server.url]
+        assert f"{dead} left out" in capsys.readouterr().out
+        counts = Runner(json.loads(FAKE_WORKFLOW.read_text()), rows, pool, str(tmp_path / "out")).run()
+        pool.close()
+        assert counts["done"] == 4 and sorted(server.executions()) == [f"a{i}" for i in range(4)]
+    finally:
+        server.stop()
