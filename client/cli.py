@@ -54,6 +54,19 @@ class ProgressBar:
         self.stream.flush()
 
 
+def _at_least(lowest, kind=int):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"{text} is below {lowest}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zimage-queue", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workflow", help="an API-format workflow (.json; ComfyUI's 'Export (API)')")
@@ -61,18 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_argument_group("servers (one --server runs from this process; anything more runs on Ray)")
     where.add_argument("--server", action="append", default=[], help="a running ComfyUI server (host:port or URL); repeat for several")
     where.add_argument("--comfyui", metavar="DIR", help="start a ComfyUI from DIR (this pack in its custom_nodes) for each worker, on the GPU Ray gives it")
-    where.add_argument("--workers", type=int, help="with --comfyui: how many servers to start (default: one per GPU in the Ray cluster)")
+    where.add_argument("--workers", type=_at_least(1), help="with --comfyui: how many servers to start (default: one per GPU in the Ray cluster)")
     where.add_argument("--comfyui-python", help="with --comfyui: the Python that runs ComfyUI (default: this one)")
     where.add_argument("--comfyui-args", default="", help="with --comfyui: more arguments for ComfyUI's main.py, e.g. \"--lowvram\"")
-    where.add_argument("--gpus-per-server", type=float, default=1.0, help="with --comfyui: GPUs Ray gives each started ComfyUI (default 1; 0 on CPU machines)")
+    where.add_argument("--gpus-per-server", type=_at_least(0, float), default=1.0, help="with --comfyui: GPUs Ray gives each started ComfyUI (default 1; 0 on CPU machines)")
     where.add_argument("--address", help="the Ray cluster to join ('auto' on a cluster node, ray://head:10001); default: Ray on this machine")
     where.add_argument("--ray", action="store_true", help="run on Ray even with one --server")
     parser.add_argument("--out", required=True, help="output folder: files/, results.jsonl and the job store jobs.sqlite (rerun to resume)")
     parser.add_argument("--db", help="the job store as an SQLAlchemy URL (e.g. postgresql://host/zimage) instead of OUT/jobs.sqlite")
     parser.add_argument("--batch-name", help="this batch's name in the job store (default: the --out folder's absolute path)")
-    parser.add_argument("--per-server", type=int, default=2, help="jobs in flight per server at a time (default 2)")
-    parser.add_argument("--retries", type=int, default=2, help="how often a job ComfyUI failed is tried again, on another server when there is one")
-    parser.add_argument("--give-up-after", type=float, default=300.0,
+    parser.add_argument("--per-server", type=_at_least(1), default=2, help="jobs in flight per server at a time (default 2)")
+    parser.add_argument("--retries", type=_at_least(0), default=2, help="how often a job ComfyUI failed is tried again, on another server when there is one")
+    parser.add_argument("--give-up-after", type=_at_least(1, float), default=300.0,
                         help="seconds a server may not answer before its worker gives up (its jobs go to the others; with one server the run stops)")
     args = parser.parse_args(argv)
     if not args.server and not args.comfyui:

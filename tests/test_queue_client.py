@@ -257,3 +257,11 @@ def test_the_progress_bar_shows_jobs_done_and_each_servers_step_from_ws(servers,
     lines = stream.getvalue().splitlines()
     assert any(f"http://{url}: 1 in flight " in line and "/4" in line for line in lines), lines  # a step of the running job
     assert lines[-1].startswith("[" + "#" * 30 + "] 3/3 done, 0 failed"), lines[-1]
+
+
+@pytest.mark.parametrize("option, value, message", [("--per-server", "0", "argument --per-server: 0 is below 1"), ("--retries", "-1", "argument --retries: -1 is below 0"),
+                                                    ("--give-up-after", "soon", "argument --give-up-after: 'soon' is not a number")])
+def test_numeric_options_out_of_range_are_refused_by_name(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as stopped:
+        queue_main([WORKFLOW, _table(tmp_path, [{"seed": 1}]), "--server", "127.0.0.1:9", "--out", str(tmp_path / "out"), option, value])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err

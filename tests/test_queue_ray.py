@@ -338,3 +338,11 @@ def test_a_server_that_does_not_answer_at_the_start_is_left_out_with_a_message(c
         assert counts["done"] == 4 and sorted(server.executions()) == [f"a{i}" for i in range(4)]
     finally:
         server.stop()
+
+
+def test_a_comfyui_folder_without_main_py_is_refused_with_its_name(cluster, tmp_path, capsys):
+    with pytest.raises(ConnectionError) as refused:
+        RayPool(comfyui=str(tmp_path / "not_comfyui"), workers=1, gpus_per_server=0, actor_options=WORKER)
+    assert "not_comfyui" in str(refused.value)
+    said = capsys.readouterr().out  # the worker's own reason, from its node
+    assert "worker-0 left out" in said and "no main.py there (expected a ComfyUI folder with this pack in custom_nodes/)" in said, said

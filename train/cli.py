@@ -25,6 +25,12 @@ from .outputs import write_bundle, write_loras, write_summary
 BUNDLE_NAME = "z_image_2step_bundle.safetensors"
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step number (1 or more)")
+    return int(text)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="zimage-distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True, help="the 8-step transformer: any file the pack's loader reads")
@@ -53,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--stop-after", type=int, default=None, help="stop at this step with a checkpoint, without outputs (a time-boxed job); run again to go on")
+    p.add_argument("--stop-after", type=_positive, default=None, help="stop at this step with a checkpoint, without outputs (a time-boxed job); run again to go on")
     return p.parse_args(argv)
 
 
