@@ -18,7 +18,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from .pools import WorkerLost
-from .worker import JobError, ServerGone, ServerWorker
+from .worker import ServerGone, ServerWorker
 
 MAX_RESTARTS = 3
 
@@ -112,9 +112,7 @@ class RayPool:
     def result(self, ref) -> dict:
         key = self.calls.pop(ref)
         try:
-            result = ray.get(ref)
-        except JobError:
-            raise
+            result = ray.get(ref)  # a JobError (ComfyUI failed the job) goes to the caller as it is
         except ServerGone as err:  # a server by URL stopped answering: its worker ends, the others take its jobs
             self._end(key)
             raise WorkerLost(str(err).splitlines()[0]) from None

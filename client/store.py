@@ -99,27 +99,15 @@ class JobStore:
         if found != 1:
             raise KeyError(f"job {job!r} is not in batch {self.batch!r} of {self.url}")
 
-    def get(self, job: str) -> dict | None:
+    def jobs(self, names: list[str] | None = None) -> list[dict]:
+        """The batch's jobs in table order (only ``names`` when given)."""
+        query = sa.select(JOBS).where(JOBS.c.batch == self.batch).order_by(JOBS.c.position)
         with self.engine.connect() as connection:
-            row = connection.execute(sa.select(JOBS).where(JOBS.c.batch == self.batch, JOBS.c.job == job)).first()
-        return self._decode(row) if row is not None else None
-
-    def jobs(self, names: list[str] | None = None, state: str | None = None, order_by: str = "position") -> list[dict]:
-        query = sa.select(JOBS).where(JOBS.c.batch == self.batch)
-        if state is not None:
-            query = query.where(JOBS.c.state == state)
-        with self.engine.connect() as connection:
-            rows = [self._decode(r) for r in connection.execute(query.order_by(JOBS.c[order_by], JOBS.c.position))]
+            rows = [self._decode(r) for r in connection.execute(query)]
         if names is not None:
             wanted = set(names)
             rows = [r for r in rows if r["job"] in wanted]
         return rows
-
-    def counts(self, names: list[str] | None = None) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
-        for job in self.jobs(names):
-            counts[job["state"]] += 1
-        return counts
 
     def import_job_file(self, path: str) -> int:
         """A job file (jobs.json) of an earlier version of the client, taken over once; returns how many

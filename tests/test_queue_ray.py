@@ -50,6 +50,15 @@ BLUR_WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 640, "hei
                  "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "job"}}}
 
 
+def executions_in(folder: Path, real: bool = REAL) -> list[str]:
+    """The jobs a server ran to the end, by its own records in ``folder``: the real ComfyUI's SaveImage
+    files (<job>_<counter>_.png, one per execution), the test server's log (runs.jsonl)."""
+    if real:
+        return sorted(name.rsplit("_", 2)[0] for name in os.listdir(folder) if name.endswith("_.png")) if folder.exists() else []
+    log = folder / "runs.jsonl"
+    return sorted(e["job"] for e in map(json.loads, log.read_text().splitlines()) if e["ok"]) if log.exists() else []
+
+
 class Server:
     """A ComfyUI server the test can kill, with the jobs it ran to the end by its own records."""
 
@@ -73,10 +82,7 @@ class Server:
             self.url = f"http://127.0.0.1:{int(line.split()[-1])}"
 
     def executions(self) -> list[str]:
-        if self.real:  # SaveImage's files: <job>_<counter>_.png, one per execution
-            return sorted(name.rsplit("_", 2)[0] for name in os.listdir(self.comfy.home / "output") if name.endswith("_.png"))
-        log = self.work / "runs.jsonl"
-        return sorted(e["job"] for e in map(json.loads, log.read_text().splitlines()) if e["ok"]) if log.exists() else []
+        return executions_in(self.comfy.home / "output" if self.real else self.work, self.real)
 
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -302,10 +308,7 @@ def test_workers_that_start_their_own_comfyui_restart_it_when_it_dies(cluster, t
         thread.start()
 
         def executions() -> list[str]:
-            if REAL:
-                return sorted(n.rsplit("_", 2)[0] for n in os.listdir(outputs) if n.endswith("_.png")) if outputs.exists() else []
-            log = outputs / "runs.jsonl"
-            return sorted(e["job"] for e in map(json.loads, log.read_text().splitlines()) if e["ok"]) if log.exists() else []
+            return executions_in(outputs)
 
         wait_until(lambda: len(executions()) >= 4, what="four jobs run")
         os.kill(_pid_listening_on(first_url), signal.SIGKILL)  # the ComfyUI the first worker started

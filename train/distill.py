@@ -290,17 +290,19 @@ def build_cache(config: DistillConfig, module, encode, log=print, processes=None
         os.makedirs(config.out, exist_ok=True)
         mine = _teacher_samples(config, module, encode, log, prompts=range(rank, len(config.prompts), count))
         if count == 1:
-            _save_cache([mine], path, key)
-        else:
-            shard = os.path.join(config.out, f"teacher_cache.part{rank}of{count}.safetensors")
-            save_file(mine, shard, metadata={"key": key})
-            processes.wait()
-            if processes.main:
-                shards = [os.path.join(config.out, f"teacher_cache.part{r}of{count}.safetensors") for r in range(count)]
-                _save_cache([load_file(name) for name in shards], path, key)
-                for name in shards:
-                    os.remove(name)
-            processes.wait()
+            return _cache_dict(_save_cache([mine], path, key), len(config.prompts))
+        shard = os.path.join(config.out, f"teacher_cache.part{rank}of{count}.safetensors")
+        save_file(mine, shard, metadata={"key": key})
+        processes.wait()
+        joined = None
+        if processes.main:
+            shards = [os.path.join(config.out, f"teacher_cache.part{r}of{count}.safetensors") for r in range(count)]
+            joined = _save_cache([load_file(name) for name in shards], path, key)
+            for name in shards:
+                os.remove(name)
+        processes.wait()
+        if joined is not None:
+            return _cache_dict(joined, len(config.prompts))
     return _cache_dict(load_file(path), len(config.prompts))
 
 
@@ -335,8 +337,9 @@ def _teacher_samples(config: DistillConfig, module, encode, log, prompts) -> dic
     return tensors
 
 
-def _save_cache(parts: list[dict], path: str, key: str) -> None:
-    """The samples in one file, prompt by prompt, each prompt's samples in order (the one-process order)."""
+def _save_cache(parts: list[dict], path: str, key: str) -> dict[str, torch.Tensor]:
+    """The samples in one file, prompt by prompt, each prompt's samples in order (the one-process order);
+    returns what it wrote."""
     found = {k: v for part in parts for k, v in part.items()}
     prompts = sorted(int(k.split(".")[1]) for k in found if k.startswith("features."))
     samples = sorted({int(k.split(".")[2]) for k in found if k.startswith("noise.")})
@@ -347,6 +350,7 @@ def _save_cache(parts: list[dict], path: str, key: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     save_file(tensors, path + ".tmp", metadata={"key": key})
     os.replace(path + ".tmp", path)
+    return tensors
 
 
 def _cache_dict(tensors: dict, prompts: int) -> dict:
